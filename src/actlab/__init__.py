@@ -1,0 +1,37 @@
+"""actlab: neuron activations of transformer models as a first-class object.
+
+The public API is imported lazily so that ``import actlab`` (and ``actlab --help``)
+stays fast and has no side effects: torch and transformers load on first use.
+
+Example:
+    >>> import actlab
+    >>> model, tok = actlab.load_model("random:tiny-llama")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS: dict[str, str] = {
+    "load_model": "actlab.models.load",
+    "ADAPTERS": "actlab.models.adapters",
+    "get_adapter": "actlab.models.adapters",
+    "resolve_sites": "actlab.capture.sites",
+    "capture": "actlab.capture.hooks",
+    "load_corpus": "actlab.data.corpus",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'actlab' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))
