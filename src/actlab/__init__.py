@@ -20,8 +20,8 @@ _EXPORTS: dict[str, str] = {
     "load_model": "actlab.models.load",
     "ADAPTERS": "actlab.models.adapters",
     "get_adapter": "actlab.models.adapters",
-    "resolve_sites": "actlab.capture.sites",
-    "capture": "actlab.capture.hooks",
+    "resolve_sites": "actlab.activations.sites",
+    "capture": "actlab.activations.hooks",
     "load_corpus": "actlab.data.corpus",
 }
 

@@ -1,0 +1,32 @@
+"""The ``actlab`` command: a thin dispatcher; each command lives in its own module.
+
+Every command calls only the public Python API, so anything the CLI does a script can do.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="actlab",
+    help="Neuron activations of transformer models as a first-class object: measure, sparsify, accelerate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# (module under actlab.cli, function name): one line per command. Modules are imported here,
+# but each imports torch/transformers only inside its function, so `actlab --help` stays fast.
+_COMMANDS: list[tuple[str, str]] = [
+    ("env", "env"),
+    ("profile", "profile"),
+]
+
+for _module, _func in _COMMANDS:
+    app.command(name=_func)(getattr(importlib.import_module(f"actlab.cli.{_module}"), _func))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

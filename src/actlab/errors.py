@@ -1,0 +1,33 @@
+"""The exception types that mean "bad input": the CLI prints them as one line, exit code 2.
+
+Each module defines its own error next to the code that raises it; this registry lists them
+so the CLI needs no knowledge of every module.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# (module, class name): imported lazily so this file has no import-time cost
+_USER_ERRORS: list[tuple[str, str]] = [
+    ("actlab.models.load", "ModelLoadError"),
+    ("actlab.models.adapters", "UnknownArchitectureError"),
+    ("actlab.activations.sites", "SiteError"),
+    ("actlab.data.corpus", "CorpusError"),
+    ("actlab.outputs", "OutputError"),
+]
+
+
+class ActlabError(ValueError):
+    """Base class for actlab's user-facing errors that have no more specific home."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """All user-facing error classes that can be imported (missing optional modules are skipped)."""
+    found: list[type[BaseException]] = [ActlabError]
+    for module, name in _USER_ERRORS:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
