@@ -1,0 +1,108 @@
+/*
+ * Gated MLP with a row-sparse up projection (CATS/CHESS style); semantics in sparse_gemv.h.
+ * Weight bytes read per token: all of W_gate (or its kept input rows), then only the kept neurons' rows
+ * of W_up and of W_down^T, which is where the saving over three dense GEMVs comes from.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "sparse_gemv_internal.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Below this many multiply-adds the up projection runs on one thread. */
+#define ACTLAB_MIN_PARALLEL_DOTS (1 << 15)
+
+static int check_shapes(const actlab_gated_mlp *m, actlab_mat x) {
+    const int64_t dm = x.cols, dff = m->wg_t.cols;
+    return actlab__valid_mat(x) && actlab__valid_mat(m->wg_t) && actlab__valid_mat(m->wu) &&
+           actlab__valid_mat(m->wd_t) && m->wg_t.rows == dm && m->wu.rows == dff && m->wu.cols == dm &&
+           m->wd_t.rows == dff && m->wd_t.cols == dm && x.rows <= 1 << 20 && dff < INT32_MAX;
+}
+
+/* u[r*B+b] = dot(wu[jidx[r], :], xm_b) + bu, for the kept neurons only, split over threads by rows. */
+static void up_rows(const kernel_table *kt, const actlab_gated_mlp *m, const int32_t *jidx, int64_t nr,
+                    const float *xm, int64_t dm, int B, float *u, int num_threads) {
+    int nt = actlab__resolve_threads(num_threads);
+    if (nr * dm * B < ACTLAB_MIN_PARALLEL_DOTS || nt < 2) {
+        kt->dots(m->wu.data, m->wu.ld, jidx, nr, xm, dm, B, dm, u);
+    } else {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num(), n = omp_get_num_threads();
+            const int64_t r0 = nr * t / n, r1 = nr * (t + 1) / n;
+            kt->dots(m->wu.data, m->wu.ld, jidx + r0, r1 - r0, xm, dm, B, dm, u + r0 * B);
+        }
+#endif
+    }
+    if (m->bu)
+        for (int64_t r = 0; r < nr; ++r)
+            for (int b = 0; b < B; ++b) u[r * B + b] += m->bu[jidx[r]];
+}
+
+int actlab_gated_mlp_forward(const actlab_gated_mlp *m, actlab_mat x, float *y, int64_t y_ld,
+                             int num_threads) {
+    if (m == NULL || !check_shapes(m, x) || y == NULL || y_ld < x.cols) return ACTLAB_ERR_ARGS;
+    const int B = (int)x.rows;
+    const int64_t dm = x.cols, dff = m->wg_t.cols;
+    if (B == 0 || dm == 0) return ACTLAB_OK;
+    const kernel_table *kt = actlab__kernels();
+
+    /* one allocation for every scratch buffer; sizes in elements */
+    const size_t n_idx = (size_t)(dm + dff + 2), n_f = (size_t)(dm * B + B * dm + 3 * dff * B + 4);
+    int32_t *idx_in = malloc(n_idx * sizeof(int32_t));
+    float *fbuf = malloc(n_f * sizeof(float));
+    unsigned char *keep = malloc((size_t)(dff * B + 1));
+    if (!idx_in || !fbuf || !keep) {
+        free(idx_in);
+        free(fbuf);
+        free(keep);
+        return ACTLAB_ERR_NOMEM;
+    }
+    int32_t *jidx = idx_in + dm + 1;
+    float *xv_in = fbuf;           /* [dm, B] kept inputs, compacted */
+    float *xm = xv_in + dm * B;    /* [B, dm] masked x, dense, for the up dot products */
+    float *g = xm + B * dm;        /* [B, dff] gate, then act(gate) */
+    float *av = g + dff * B;       /* [dff, B] kept activations, compacted */
+    float *u = av + dff * B;       /* [dff, B] up projection of kept neurons, then h */
+
+    /* gate: sparse-input GEMV over the input mask; act is applied by each thread on its own slice */
+    const int64_t nk_in = actlab__select_rows(x, m->t_in, idx_in, xv_in, NULL);
+    for (int b = 0; b < B; ++b)
+        for (int64_t i = 0; i < dm; ++i) xm[b * dm + i] = 0.0f;
+    for (int64_t k = 0; k < nk_in; ++k)
+        for (int b = 0; b < B; ++b) xm[b * dm + idx_in[k]] = xv_in[k * B + b];
+    actlab__run_cols(kt, m->wg_t, idx_in, xv_in, nk_in, B, m->bg, g, dff, num_threads, &m->act);
+
+    /* neuron selection: union over tokens, each token keeps its own mask */
+    const actlab_mat a = {g, B, dff, dff};
+    const int64_t nr = actlab__select_rows(a, m->t_act, jidx, av, keep);
+
+    up_rows(kt, m, jidx, nr, xm, dm, B, u, num_threads);
+
+    /* h = a * up where the token keeps the neuron; where() semantics: a masked neuron is exactly 0 even
+     * if its up value is inf/NaN. Then the optional down-input mask, compacting again. */
+    int64_t nd = 0;
+    for (int64_t r = 0; r < nr; ++r) {
+        const float t = m->t_down.data ? m->t_down.data[jidx[r] * m->t_down.stride] : 0.0f;
+        int any = 0;
+        for (int b = 0; b < B; ++b) {
+            const float h = keep[r * B + b] ? av[r * B + b] * u[r * B + b] : 0.0f;
+            const int k = m->t_down.data ? fabsf(h) > t : keep[r * B + b];
+            u[nd * B + b] = k ? h : 0.0f;
+            any |= k;
+        }
+        jidx[nd] = jidx[r];
+        nd += any;
+    }
+
+    /* down: sparse-input GEMV over the kept neurons */
+    actlab__run_cols(kt, m->wd_t, jidx, u, nd, B, m->bd, y, y_ld, num_threads, NULL);
+    free(idx_in);
+    free(fbuf);
+    free(keep);
+    return ACTLAB_OK;
+}

@@ -1,0 +1,117 @@
+/*
+ * CPython binding of the sparse GEMV core: actlab.kernels._sparse. Tensors cross as raw data pointers
+ * (integers) plus sizes and strides, so the C core stays torch-free and a call costs one tuple parse.
+ * The GIL is released around the work. Callers (ops.py) are responsible for dtype, device, contiguity
+ * and lifetimes; the C side only checks shapes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "sparse_gemv.h"
+
+static PyObject *raise_status(int status) {
+    switch (status) {
+    case ACTLAB_ERR_NOMEM: return PyErr_NoMemory();
+    case ACTLAB_ERR_ISA: PyErr_SetString(PyExc_ValueError, "instruction set not supported here"); return NULL;
+    default: PyErr_SetString(PyExc_ValueError, "actlab sparse kernel: inconsistent shapes or strides"); return NULL;
+    }
+}
+
+#define PTR(v) ((const float *)(uintptr_t)(v))
+
+static PyObject *py_sparse_linear(PyObject *self, PyObject *args) {
+    unsigned long long x, wt, thr, bias, y;
+    long long rows, in, x_ld, out, wt_ld, thr_stride, y_ld;
+    int num_threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KLLLKLLKLKKLi:sparse_linear", &x, &rows, &in, &x_ld, &wt, &out, &wt_ld, &thr,
+                          &thr_stride, &bias, &y, &y_ld, &num_threads))
+        return NULL;
+    const actlab_mat xm = {PTR(x), rows, in, x_ld}, wm = {PTR(wt), in, out, wt_ld};
+    const actlab_thr tm = {PTR(thr), thr_stride};
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = actlab_sparse_linear(xm, wm, tm, PTR(bias), (float *)(uintptr_t)y, y_ld, num_threads);
+    Py_END_ALLOW_THREADS
+    if (status != ACTLAB_OK) return raise_status(status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gated_mlp(PyObject *self, PyObject *args) {
+    unsigned long long x, wg, wu, wd, bg, bu, bd, t_in, t_act, t_down, y;
+    long long rows, dm, x_ld, dff, wg_ld, wu_ld, wd_ld, s_in, s_act, s_down, y_ld;
+    int act, num_threads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KLLLKLKLKLLKKKKLKLKLiKLi:gated_mlp", &x, &rows, &dm, &x_ld, &wg, &wg_ld, &wu,
+                          &wu_ld, &wd, &wd_ld, &dff, &bg, &bu, &bd, &t_in, &s_in, &t_act, &s_act, &t_down,
+                          &s_down, &act, &y, &y_ld, &num_threads))
+        return NULL;
+    if (act < ACTLAB_ACT_SILU || act > ACTLAB_ACT_RELU) {
+        PyErr_SetString(PyExc_ValueError, "unknown activation code");
+        return NULL;
+    }
+    const actlab_gated_mlp m = {
+        .wg_t = {PTR(wg), dm, dff, wg_ld},
+        .wu = {PTR(wu), dff, dm, wu_ld},
+        .wd_t = {PTR(wd), dff, dm, wd_ld},
+        .bg = PTR(bg), .bu = PTR(bu), .bd = PTR(bd),
+        .t_in = {PTR(t_in), s_in}, .t_act = {PTR(t_act), s_act}, .t_down = {PTR(t_down), s_down},
+        .act = (actlab_act)act,
+    };
+    const actlab_mat xm = {PTR(x), rows, dm, x_ld};
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = actlab_gated_mlp_forward(&m, xm, (float *)(uintptr_t)y, y_ld, num_threads);
+    Py_END_ALLOW_THREADS
+    if (status != ACTLAB_OK) return raise_status(status);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_isa(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+    return PyUnicode_FromString(actlab_isa_name(actlab_get_isa()));
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "s:set_isa", &name)) return NULL;
+    for (int isa = ACTLAB_ISA_AUTO; isa <= ACTLAB_ISA_AVX512; ++isa) {
+        if (strcmp(name, actlab_isa_name((actlab_isa)isa)) == 0) {
+            const int status = actlab_set_isa((actlab_isa)isa);
+            if (status != ACTLAB_OK) return raise_status(status);
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "unknown instruction set %s (auto, generic, avx2, avx512)", name);
+    return NULL;
+}
+
+static PyObject *py_has_openmp(PyObject *self, PyObject *noargs) {
+    (void)self;
+    (void)noargs;
+#ifdef _OPENMP
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyMethodDef methods[] = {
+    {"sparse_linear", py_sparse_linear, METH_VARARGS,
+     "sparse_linear(x, rows, in, x_ld, wt, out, wt_ld, thr, thr_stride, bias, y, y_ld, num_threads)"},
+    {"gated_mlp", py_gated_mlp, METH_VARARGS,
+     "gated_mlp(x, rows, d_model, x_ld, wg_t, wg_ld, wu, wu_ld, wd_t, wd_ld, d_ff, bg, bu, bd, t_in, s_in, "
+     "t_act, s_act, t_down, s_down, act, y, y_ld, num_threads)"},
+    {"get_isa", py_get_isa, METH_NOARGS, "instruction-set path in use: generic, avx2 or avx512"},
+    {"set_isa", py_set_isa, METH_VARARGS, "force a path (auto, generic, avx2, avx512); for tests"},
+    {"has_openmp", py_has_openmp, METH_NOARGS, "whether the extension was built with OpenMP"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sparse",
+                                    "Sparse-input GEMV kernels (raw-pointer interface; use actlab.kernels.ops).",
+                                    -1, methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__sparse(void) { return PyModule_Create(&module); }

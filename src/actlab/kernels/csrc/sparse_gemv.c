@@ -1,0 +1,226 @@
+/*
+ * Sparse-input GEMV: row selection, threading and instruction-set dispatch. The inner loops live in
+ * sparse_gemv_kernel.h, instantiated below once per instruction set. See sparse_gemv.h for semantics.
+ */
+#include "sparse_gemv_internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Columns per accumulator block: 4 KiB of y stays in L1 while four weight rows stream through it. */
+#define ACTLAB_COL_BLOCK 1024
+
+#define KSUFFIX generic
+#define KTARGET
+#define KVBYTES 16
+#include "sparse_gemv_kernel.h"
+#undef KSUFFIX
+#undef KTARGET
+#undef KVBYTES
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ACTLAB_X86 1
+#define KSUFFIX avx2
+#define KTARGET __attribute__((target("avx2,fma")))
+#define KVBYTES 32
+#include "sparse_gemv_kernel.h"
+#undef KSUFFIX
+#undef KTARGET
+#undef KVBYTES
+
+#define KSUFFIX avx512
+#define KTARGET __attribute__((target("avx512f,avx2,fma")))
+#define KVBYTES 64
+#include "sparse_gemv_kernel.h"
+#undef KSUFFIX
+#undef KTARGET
+#undef KVBYTES
+#endif
+
+
+static const kernel_table k_generic = {cols_b1_generic, cols_bn_generic, dots_generic};
+#ifdef ACTLAB_X86
+static const kernel_table k_avx2 = {cols_b1_avx2, cols_bn_avx2, dots_avx2};
+static const kernel_table k_avx512 = {cols_b1_avx512, cols_bn_avx512, dots_avx512};
+#endif
+
+/* Override set by actlab_set_isa (tests); AUTO means "detect". Not meant to change mid-computation. */
+static actlab_isa g_isa_override = ACTLAB_ISA_AUTO;
+
+static int isa_supported(actlab_isa isa) {
+    switch (isa) {
+    case ACTLAB_ISA_GENERIC: return 1;
+#ifdef ACTLAB_X86
+    case ACTLAB_ISA_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case ACTLAB_ISA_AVX512: return __builtin_cpu_supports("avx512f");
+#endif
+    default: return 0;
+    }
+}
+
+actlab_isa actlab_get_isa(void) {
+    if (g_isa_override != ACTLAB_ISA_AUTO) return g_isa_override;
+    if (isa_supported(ACTLAB_ISA_AVX512)) return ACTLAB_ISA_AVX512;
+    if (isa_supported(ACTLAB_ISA_AVX2)) return ACTLAB_ISA_AVX2;
+    return ACTLAB_ISA_GENERIC;
+}
+
+int actlab_set_isa(actlab_isa isa) {
+    if (isa != ACTLAB_ISA_AUTO && !isa_supported(isa)) return ACTLAB_ERR_ISA;
+    g_isa_override = isa;
+    return ACTLAB_OK;
+}
+
+const char *actlab_isa_name(actlab_isa isa) {
+    static const char *names[] = {"auto", "generic", "avx2", "avx512"};
+    return (unsigned)isa < 4 ? names[isa] : "unknown";
+}
+
+const kernel_table *actlab__kernels(void) {
+    switch (actlab_get_isa()) {
+#ifdef ACTLAB_X86
+    case ACTLAB_ISA_AVX512: return &k_avx512;
+    case ACTLAB_ISA_AVX2: return &k_avx2;
+#endif
+    default: return &k_generic;
+    }
+}
+
+/*
+ * Compacts the rows of x^T that any token keeps: idx[k] = i, xv[k*B+b] = masked x[b, i], keep[k*B+b] =
+ * whether token b keeps it (keep may be NULL). Branch-free so random masks cost no mispredictions;
+ * every store lands at index <= i, inside the buffers. No threshold (thr.data NULL) keeps everything.
+ */
+int64_t actlab__select_rows(actlab_mat x, actlab_thr thr, int32_t *idx, float *xv, unsigned char *keep) {
+    const int64_t in = x.cols, B = x.rows;
+    int64_t nk = 0;
+    if (thr.data == NULL) {
+        for (int64_t i = 0; i < in; ++i) {
+            idx[i] = (int32_t)i;
+            for (int64_t b = 0; b < B; ++b) xv[i * B + b] = x.data[b * x.ld + i];
+        }
+        if (keep) memset(keep, 1, (size_t)(in * B));
+        return in;
+    }
+    if (B == 1 && keep == NULL) {
+        for (int64_t i = 0; i < in; ++i) {
+            const float v = x.data[i];
+            idx[nk] = (int32_t)i;
+            xv[nk] = v;
+            nk += fabsf(v) > thr.data[i * thr.stride]; /* NaN compares false: masked */
+        }
+        return nk;
+    }
+    for (int64_t i = 0; i < in; ++i) {
+        const float t = thr.data[i * thr.stride];
+        int any = 0;
+        for (int64_t b = 0; b < B; ++b) {
+            const float v = x.data[b * x.ld + i];
+            const int k = fabsf(v) > t;
+            xv[nk * B + b] = k ? v : 0.0f;
+            if (keep) keep[nk * B + b] = (unsigned char)k;
+            any |= k;
+        }
+        idx[nk] = (int32_t)i;
+        nk += any;
+    }
+    return nk;
+}
+
+float actlab__apply_act(actlab_act act, float v) {
+    switch (act) {
+    case ACTLAB_ACT_SILU: return v / (1.0f + expf(-v)); /* the formula torch uses: same inf/NaN cases */
+    case ACTLAB_ACT_GELU_TANH: {
+        const float k = 0.7978845608028654f; /* sqrt(2/pi) */
+        return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+    }
+    case ACTLAB_ACT_RELU: return v < 0.0f ? 0.0f : v; /* keeps NaN, as torch.relu does */
+    }
+    return v;
+}
+
+/* Column range [begin, end) of thread t of nt, on 16-float (cache line) boundaries so no two threads
+ * write the same line of y. */
+static int64_t split_cols(int64_t out, int t, int nt) {
+    if (t >= nt) return out;
+    return (out * t / nt) & ~(int64_t)15;
+}
+
+int actlab__resolve_threads(int num_threads) {
+#ifdef _OPENMP
+    return num_threads > 0 ? num_threads : omp_get_max_threads();
+#else
+    (void)num_threads;
+    return 1;
+#endif
+}
+
+/* Below this many multiply-adds a parallel region costs more than it saves. */
+#define ACTLAB_MIN_PARALLEL_WORK (1 << 15)
+
+/* One thread's share of y = bias + sum_k xv[k] * wt[idx[k], :], optionally followed by act in place. */
+static void cols_slice(const kernel_table *kt, actlab_mat wt, const int32_t *idx, const float *xv,
+                       int64_t nk, int B, const float *bias, float *y, int64_t y_ld, int64_t c0,
+                       int64_t c1, const actlab_act *act) {
+    if (c1 <= c0) return;
+    for (int b = 0; b < B; ++b) {
+        float *yb = y + b * y_ld + c0;
+        if (bias) memcpy(yb, bias + c0, (size_t)(c1 - c0) * sizeof(float));
+        else memset(yb, 0, (size_t)(c1 - c0) * sizeof(float));
+    }
+    if (B == 1) kt->cols_b1(wt.data, wt.ld, idx, xv, nk, c0, c1 - c0, y + c0);
+    else kt->cols_bn(wt.data, wt.ld, idx, xv, nk, B, c0, c1 - c0, y + c0, y_ld);
+    if (act)
+        for (int b = 0; b < B; ++b)
+            for (int64_t c = c0; c < c1; ++c) y[b * y_ld + c] = actlab__apply_act(*act, y[b * y_ld + c]);
+}
+
+void actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx, const float *xv, int64_t nk,
+                     int B, const float *bias, float *y, int64_t y_ld, int num_threads,
+                     const actlab_act *act) {
+    const int64_t out = wt.cols;
+    int nt = actlab__resolve_threads(num_threads);
+    if (nt > (out + 63) / 64) nt = (int)((out + 63) / 64);
+    if (nk * out * B < ACTLAB_MIN_PARALLEL_WORK || nt < 2) {
+        cols_slice(kt, wt, idx, xv, nk, B, bias, y, y_ld, 0, out, act);
+        return;
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        cols_slice(kt, wt, idx, xv, nk, B, bias, y, y_ld, split_cols(out, t, n), split_cols(out, t + 1, n),
+                   act);
+    }
+#endif
+}
+
+int actlab__valid_mat(actlab_mat m) {
+    return m.data != NULL && m.rows >= 0 && m.cols >= 0 && m.ld >= m.cols && m.rows < INT32_MAX;
+}
+
+int actlab_sparse_linear(actlab_mat x, actlab_mat wt, actlab_thr thr, const float *bias, float *y,
+                         int64_t y_ld, int num_threads) {
+    if (!actlab__valid_mat(x) || !actlab__valid_mat(wt) || x.cols != wt.rows || y == NULL || y_ld < wt.cols ||
+        thr.data == NULL || x.rows > INT32_MAX)
+        return ACTLAB_ERR_ARGS;
+    if (x.rows == 0 || wt.cols == 0) return ACTLAB_OK;
+    const int B = (int)x.rows;
+    int32_t *idx = malloc((size_t)(x.cols + 1) * sizeof(int32_t));
+    float *xv = malloc((size_t)(x.cols * B + 1) * sizeof(float));
+    if (!idx || !xv) {
+        free(idx);
+        free(xv);
+        return ACTLAB_ERR_NOMEM;
+    }
+    const int64_t nk = actlab__select_rows(x, thr, idx, xv, NULL);
+    actlab__run_cols(actlab__kernels(), wt, idx, xv, nk, B, bias, y, y_ld, num_threads, NULL);
+    free(idx);
+    free(xv);
+    return ACTLAB_OK;
+}

@@ -1,0 +1,44 @@
+/*
+ * Internals shared by sparse_gemv.c and gated_mlp.c; not part of the public C API. Hidden visibility
+ * keeps them out of the extension's exported symbols.
+ */
+#ifndef ACTLAB_SPARSE_GEMV_INTERNAL_H
+#define ACTLAB_SPARSE_GEMV_INTERNAL_H
+
+#include "sparse_gemv.h"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ACTLAB_INTERNAL __attribute__((visibility("hidden")))
+#else
+#define ACTLAB_INTERNAL
+#endif
+
+/* Inner loops for one instruction set (see sparse_gemv_kernel.h for what each computes). */
+typedef struct {
+    void (*cols_b1)(const float *wt, int64_t ld, const int32_t *idx, const float *xv, int64_t nk,
+                    int64_t c0, int64_t nc, float *y);
+    void (*cols_bn)(const float *wt, int64_t ld, const int32_t *idx, const float *xv, int64_t nk, int B,
+                    int64_t c0, int64_t nc, float *y, int64_t y_ld);
+    void (*dots)(const float *w, int64_t ld, const int32_t *rows, int64_t nr, const float *x,
+                 int64_t x_ld, int B, int64_t n, float *out);
+} kernel_table;
+
+ACTLAB_INTERNAL const kernel_table *actlab__kernels(void);
+
+/* Rows any token keeps: idx[k], xv[k*B+b] (masked value), keep[k*B+b] (may be NULL); returns the count.
+ * idx needs x.cols entries, xv and keep x.cols * x.rows. */
+ACTLAB_INTERNAL int64_t actlab__select_rows(actlab_mat x, actlab_thr thr, int32_t *idx, float *xv,
+                                            unsigned char *keep);
+
+ACTLAB_INTERNAL float actlab__apply_act(actlab_act act, float v);
+
+ACTLAB_INTERNAL int actlab__resolve_threads(int num_threads);
+
+/* y[b, :] = bias + sum_k xv[k*B+b] * wt[idx[k], :], then act in place if act is not NULL. */
+ACTLAB_INTERNAL void actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx,
+                                      const float *xv, int64_t nk, int B, const float *bias, float *y,
+                                      int64_t y_ld, int num_threads, const actlab_act *act);
+
+ACTLAB_INTERNAL int actlab__valid_mat(actlab_mat m);
+
+#endif /* ACTLAB_SPARSE_GEMV_INTERNAL_H */

@@ -1,0 +1,367 @@
+"""Sparse-input linear ops: the compiled CPU fast path, its torch.library registration, the fallback.
+
+Two entry points per op:
+
+* ``sparse_linear`` / ``sparse_gated_mlp``: what modules and users call. In eager mode they call the C
+  extension directly (no dispatcher: this is the decode loop); while compiling or exporting they route
+  through ``torch.ops.actlab.*`` so the op is one opaque node with a fake (meta) implementation.
+* ``torch.ops.actlab.sparse_linear`` / ``torch.ops.actlab.sparse_gated_mlp``: the registered custom ops.
+
+Whenever the extension cannot serve a call (not built, ``ACTLAB_DISABLE_KERNELS=1``, not CPU fp32, autograd
+needed) the pure-PyTorch reference runs instead, with a one-time :class:`ActlabKernelWarning` when the
+reason is that the kernels are unavailable. Inputs with more than ``MAX_KERNEL_ROWS`` tokens (prefill) use
+a dense matmul on the masked input, which is faster there and has the same semantics.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from actlab.kernels.reference import (
+    Activation,
+    sparse_gated_mlp_reference,
+    sparse_linear_reference,
+)
+
+__all__ = [
+    "MAX_KERNEL_ROWS",
+    "ActlabKernelWarning",
+    "Activation",
+    "available",
+    "isa",
+    "sparse_gated_mlp",
+    "sparse_gated_mlp_reference",
+    "sparse_linear",
+    "sparse_linear_reference",
+]
+
+DISABLE_ENV = "ACTLAB_DISABLE_KERNELS"
+# Above this many tokens the union of kept inputs is nearly dense and a GEMM beats B fused GEMVs.
+MAX_KERNEL_ROWS = 8
+
+
+class ActlabKernelWarning(UserWarning):
+    """The compiled sparse kernels could not be used; results come from the (slower) reference."""
+
+
+_ext: ModuleType | None = None
+_ext_error: str | None = None
+_warned: set[str] = set()
+
+
+def _extension() -> ModuleType | None:
+    """The compiled module, imported on first use (not at import time), or None."""
+    global _ext, _ext_error
+    if _ext is None and _ext_error is None:
+        try:
+            _ext = importlib.import_module("actlab.kernels._sparse")
+        except ImportError as err:
+            _ext_error = f"extension not built ({err}); reinstall with a C compiler: pip install -e ."
+    return _ext
+
+
+def available() -> bool:
+    """Whether the compiled kernels will be used (built, importable, not disabled by the env var).
+
+    Example:
+        >>> from actlab.kernels import ops
+        >>> isinstance(ops.available(), bool)
+        True
+    """
+    return os.environ.get(DISABLE_ENV, "") in ("", "0") and _extension() is not None
+
+
+def isa() -> str:
+    """Instruction-set path the kernels dispatch to (``avx512``, ``avx2``, ``generic``) or ``none``."""
+    ext = _extension()
+    return ext.get_isa() if ext is not None and available() else "none"
+
+
+def _warn_once(reason: str) -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"actlab sparse kernels unavailable: {reason}", ActlabKernelWarning, stacklevel=3)
+
+
+def _why_not_kernel(*tensors: Tensor | None) -> str | None:
+    """None if the extension can run on these tensors, else the reason (for the warning)."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return f"disabled by {DISABLE_ENV}=1"
+    if _extension() is None:
+        return _ext_error or "extension not built"
+    for t in tensors:
+        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
+            return f"kernels are CPU float32 only (got {t.dtype} on {t.device})"
+    return None
+
+
+def _use_direct(x: Tensor, *others: Tensor | None) -> bool:
+    """Eager call on plain tensors with no autograd: the extension can be called with raw pointers."""
+    if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+        return False
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others)):
+        return False
+    return True
+
+
+def _rows(x: Tensor) -> int:
+    """Number of tokens in a [..., features] tensor (prefill when above MAX_KERNEL_ROWS)."""
+    return x.numel() // max(x.shape[-1], 1)
+
+
+def _thr_args(t: Tensor | None, n: int) -> tuple[int, int, Tensor | None]:
+    """(pointer, stride, keep-alive tensor) for a threshold: stride 0 broadcasts a scalar."""
+    if t is None:
+        return 0, 0, None
+    t = t.to(torch.float32).contiguous()
+    if t.numel() == 1:
+        return t.data_ptr(), 0, t
+    if t.numel() != n:
+        raise ValueError(f"threshold has {t.numel()} values, expected 1 or {n}")
+    return t.data_ptr(), 1, t
+
+
+def _as_rows(x: Tensor) -> tuple[Tensor, int]:
+    """x as [rows, features] with unit stride in the last dim, and its row stride for the C side."""
+    x2 = x.reshape(-1, x.shape[-1])  # [rows, in]; a view when possible
+    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]):
+        x2 = x2.contiguous()
+    ld = x2.stride(0) if x2.shape[0] > 1 else x2.shape[1]  # a single row's stride is arbitrary
+    return x2, ld
+
+
+def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
+    """The C path; the caller checked dtype/device. Output is a fresh contiguous [..., out] tensor."""
+    x2, x_ld = _as_rows(x)
+    if wt.stride(1) != 1:
+        wt = wt.contiguous()
+    n_in, n_out = wt.shape
+    if x2.shape[1] != n_in:
+        raise ValueError(f"x has {x2.shape[1]} features, wt expects {n_in}")
+    thr_ptr, thr_stride, _keep = _thr_args(threshold, n_in)
+    bias = None if bias is None else bias.contiguous()
+    y = torch.empty(x2.shape[0], n_out, dtype=torch.float32)  # [rows, out]
+    _ext.sparse_linear(  # type: ignore[union-attr]
+        x2.data_ptr(),
+        x2.shape[0],
+        n_in,
+        x_ld,
+        wt.data_ptr(),
+        n_out,
+        wt.stride(0),
+        thr_ptr,
+        thr_stride,
+        0 if bias is None else bias.data_ptr(),
+        y.data_ptr(),
+        n_out,
+        torch.get_num_threads(),
+    )
+    return y.reshape(*x.shape[:-1], n_out)
+
+
+def _linear_impl(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
+    if _rows(x) <= MAX_KERNEL_ROWS:
+        reason = _why_not_kernel(x, wt, threshold, bias)
+        if reason is None:
+            return _linear_kernel(x, wt, threshold, bias)
+        _warn_once(reason)
+    return sparse_linear_reference(x, wt, threshold, bias)
+
+
+def sparse_linear(x: Tensor, wt: Tensor, threshold: Tensor | float, bias: Tensor | None = None) -> Tensor:
+    """``y = mask(x, threshold) @ wt + bias`` reading only the rows of ``wt`` whose input is kept.
+
+    Args:
+        x: ``[..., in]`` float32 CPU input, any strides.
+        wt: ``[in, out]`` weight **transposed** relative to ``nn.Linear.weight`` (unit stride in ``out``).
+        threshold: scalar or ``[in]``; input ``i`` is kept where ``|x_i| > t_i`` (NaN is masked). A tensor
+            avoids a per-call conversion.
+        bias: optional ``[out]``.
+
+    Returns:
+        ``[..., out]``. Semantics: :func:`sparse_linear_reference`.
+
+    Example:
+        >>> lin = torch.nn.Linear(64, 32)
+        >>> x = torch.randn(1, 64)
+        >>> y = sparse_linear(x, lin.weight.detach().t().contiguous(), 0.5, lin.bias.detach())
+        >>> y.shape
+        torch.Size([1, 32])
+    """
+    if not isinstance(threshold, Tensor):
+        threshold = torch.tensor(float(threshold), dtype=torch.float32, device=x.device)
+    if _use_direct(x, wt, threshold, bias):
+        return _linear_impl(x, wt, threshold, bias)
+    return torch.ops.actlab.sparse_linear(x, wt, threshold, bias)
+
+
+@torch.library.custom_op("actlab::sparse_linear", mutates_args=())
+def _sparse_linear_op(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
+    return _linear_impl(x, wt, threshold, bias)
+
+
+@_sparse_linear_op.register_fake
+def _(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty(*x.shape[:-1], wt.shape[1])
+
+
+def _mlp_kernel(
+    x: Tensor,
+    wg_t: Tensor,
+    wu: Tensor,
+    wd_t: Tensor,
+    bg: Tensor | None,
+    bu: Tensor | None,
+    bd: Tensor | None,
+    t_in: Tensor | None,
+    t_act: Tensor | None,
+    t_down: Tensor | None,
+    act: int,
+) -> Tensor:
+    x2, x_ld = _as_rows(x)
+    wg_t, wu, wd_t = (w if w.stride(1) == 1 else w.contiguous() for w in (wg_t, wu, wd_t))
+    d_model, d_ff = wg_t.shape
+    if wu.shape != (d_ff, d_model) or wd_t.shape != (d_ff, d_model) or x2.shape[1] != d_model:
+        raise ValueError(
+            f"inconsistent shapes: x {tuple(x.shape)}, w_gate_t {tuple(wg_t.shape)}, "
+            f"w_up {tuple(wu.shape)}, w_down_t {tuple(wd_t.shape)}"
+        )
+    bg, bu, bd = (None if b is None else b.contiguous() for b in (bg, bu, bd))
+    p_in, s_in, _k1 = _thr_args(t_in, d_model)
+    p_act, s_act, _k2 = _thr_args(t_act, d_ff)
+    p_down, s_down, _k3 = _thr_args(t_down, d_ff)
+    y = torch.empty(x2.shape[0], d_model, dtype=torch.float32)  # [rows, d_model]
+    _ext.gated_mlp(  # type: ignore[union-attr]
+        x2.data_ptr(),
+        x2.shape[0],
+        d_model,
+        x_ld,
+        wg_t.data_ptr(),
+        wg_t.stride(0),
+        wu.data_ptr(),
+        wu.stride(0),
+        wd_t.data_ptr(),
+        wd_t.stride(0),
+        d_ff,
+        *(0 if b is None else b.data_ptr() for b in (bg, bu, bd)),
+        p_in,
+        s_in,
+        p_act,
+        s_act,
+        p_down,
+        s_down,
+        int(act),
+        y.data_ptr(),
+        d_model,
+        torch.get_num_threads(),
+    )
+    return y.reshape(x.shape)
+
+
+def _mlp_impl(
+    x: Tensor,
+    wg_t: Tensor,
+    wu: Tensor,
+    wd_t: Tensor,
+    bg: Tensor | None,
+    bu: Tensor | None,
+    bd: Tensor | None,
+    t_in: Tensor | None,
+    t_act: Tensor | None,
+    t_down: Tensor | None,
+    act: int,
+) -> Tensor:
+    if _rows(x) <= MAX_KERNEL_ROWS:
+        reason = _why_not_kernel(x, wg_t, wu, wd_t, bg, bu, bd, t_in, t_act, t_down)
+        if reason is None:
+            return _mlp_kernel(x, wg_t, wu, wd_t, bg, bu, bd, t_in, t_act, t_down, act)
+        _warn_once(reason)
+    return sparse_gated_mlp_reference(x, wg_t, wu, wd_t, act, t_act, t_in, t_down, (bg, bu, bd))
+
+
+def sparse_gated_mlp(
+    x: Tensor,
+    w_gate_t: Tensor,
+    w_up: Tensor,
+    w_down_t: Tensor,
+    act: str | int | Activation = Activation.SILU,
+    t_act: Tensor | float | None = None,
+    t_in: Tensor | float | None = None,
+    t_down: Tensor | float | None = None,
+    biases: tuple[Tensor | None, Tensor | None, Tensor | None] = (None, None, None),
+) -> Tensor:
+    """Fused gated MLP that skips the up and down weight rows of neurons whose activation is small.
+
+    Neuron ``j`` is kept where ``|act(gate_j)| > t_act_j``; only kept rows of ``w_up`` (row-major) and of
+    ``w_down_t`` are read. ``t_in`` optionally masks the input of gate and up (TEAL's ``gate_up_in``) so
+    the gate reads only kept rows too; ``t_down`` optionally masks ``h`` again before the down projection.
+
+    Args:
+        x: ``[..., d_model]`` float32 CPU input.
+        w_gate_t: ``[d_model, d_ff]`` gate weight transposed.
+        w_up: ``[d_ff, d_model]`` up weight as ``nn.Linear`` stores it (not transposed).
+        w_down_t: ``[d_ff, d_model]`` down weight transposed.
+        act: ``"silu"``, ``"gelu_tanh"`` (``"gelu_pytorch_tanh"``) or ``"relu"``, or an :class:`Activation`.
+        t_act, t_in, t_down: scalar or per-channel thresholds; ``None`` disables that mask.
+        biases: optional ``(b_gate, b_up, b_down)``.
+
+    Returns:
+        ``[..., d_model]``. Semantics: :func:`sparse_gated_mlp_reference`.
+
+    Example:
+        >>> g, u, d = (torch.nn.Linear(64, 256, bias=False), torch.nn.Linear(64, 256, bias=False),
+        ...            torch.nn.Linear(256, 64, bias=False))
+        >>> wg_t, wd_t = g.weight.detach().t().contiguous(), d.weight.detach().t().contiguous()
+        >>> y = sparse_gated_mlp(torch.randn(1, 64), wg_t, u.weight.detach(), wd_t, "silu", t_act=0.05)
+        >>> y.shape
+        torch.Size([1, 64])
+    """
+    code = int(Activation.parse(act))
+    t_in, t_act, t_down = (
+        t if t is None or isinstance(t, Tensor) else torch.tensor(float(t), device=x.device)
+        for t in (t_in, t_act, t_down)
+    )
+    args = (x, w_gate_t, w_up, w_down_t, *biases, t_in, t_act, t_down, code)
+    if _use_direct(x, w_gate_t, w_up, w_down_t, *biases):
+        return _mlp_impl(*args)
+    return torch.ops.actlab.sparse_gated_mlp(*args)
+
+
+@torch.library.custom_op("actlab::sparse_gated_mlp", mutates_args=())
+def _sparse_gated_mlp_op(
+    x: Tensor,
+    w_gate_t: Tensor,
+    w_up: Tensor,
+    w_down_t: Tensor,
+    b_gate: Tensor | None,
+    b_up: Tensor | None,
+    b_down: Tensor | None,
+    t_in: Tensor | None,
+    t_act: Tensor | None,
+    t_down: Tensor | None,
+    act: int,
+) -> Tensor:
+    return _mlp_impl(x, w_gate_t, w_up, w_down_t, b_gate, b_up, b_down, t_in, t_act, t_down, act)
+
+
+@_sparse_gated_mlp_op.register_fake
+def _(
+    x: Tensor,
+    w_gate_t: Tensor,
+    w_up: Tensor,
+    w_down_t: Tensor,
+    b_gate: Tensor | None,
+    b_up: Tensor | None,
+    b_down: Tensor | None,
+    t_in: Tensor | None,
+    t_act: Tensor | None,
+    t_down: Tensor | None,
+    act: int,
+) -> Tensor:
+    return x.new_empty(x.shape)
