@@ -23,6 +23,12 @@ class IntTokenizer:
         return {"input_ids": [[int(w) for w in t.split()] for t in texts]}
 
 
+@pytest.fixture
+def int_tok() -> type[IntTokenizer]:
+    """The fake tokenizer class (a fixture, so tests need no import of conftest)."""
+    return IntTokenizer
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every data test caches under one session temp dir, never the user's cache, and starts with no
