@@ -1,0 +1,132 @@
+"""Perplexity of a causal LM over token windows.
+
+Definition: for every window ``w`` and every target position ``t`` with ``max(1, score_from) <= t < seq_len``,
+the negative log-likelihood of ``w[t]`` given ``w[:t]``; ``nll`` is their mean (nats per token) and
+``ppl = exp(nll)``. ``score_from=0`` scores every predicted token (``seq_len - 1`` per window).
+
+``score_from`` is the hook for the TEAL protocol: the caller runs the first ``score_from`` tokens of each window
+without sparsity (its own business, e.g. a hook that switches on at that position) and only the rest is scored.
+This function never changes the model; it only chooses which positions count.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    """``ppl = exp(nll)``; ``nll`` in nats per scored token; ``tokens`` = how many tokens were scored."""
+
+    ppl: float
+    nll: float
+    tokens: int
+    windows: int
+    seq_len: int
+    score_from: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    transformers = sys.modules.get("transformers")
+    if transformers is not None and isinstance(model, transformers.PreTrainedModel):
+        # No KV cache: a single forward pass never reuses it, and it would cost memory per layer.
+        return model(input_ids, use_cache=False).logits
+    return model(input_ids).logits
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    """A rich progress bar on stderr (stdout stays clean for --json), or None when disabled."""
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("perplexity"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+
+
+@torch.no_grad()
+def perplexity(
+    model: torch.nn.Module,
+    windows: torch.Tensor,
+    batch_size: int = 8,
+    progress: bool = False,
+    score_from: int = 0,
+) -> PerplexityResult:
+    """Next-token perplexity of ``model`` over ``windows`` (``[n_windows, seq_len]`` token ids).
+
+    Works with any model whose ``model(input_ids)`` returns an object with ``.logits`` (every HF causal LM).
+    The model is put in eval mode for the call and its previous mode restored. Losses are computed per window in
+    float32, so peak extra memory is one window's logits, not a batch's.
+
+    Example:
+        >>> from actlab.data.windows import make_windows  # doctest: +SKIP
+        >>> result = perplexity(model, make_windows(corpus, tok, 512, 65_536, split="eval"))  # doctest: +SKIP
+        >>> round(result.ppl, 2), result.tokens  # doctest: +SKIP
+        (21.37, 65408)
+    """
+    if windows.dim() != 2 or windows.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"windows must be an integer tensor [n_windows, seq_len], got {windows.dtype} "
+            f"{tuple(windows.shape)}"
+        )
+    n_windows, seq_len = windows.shape
+    start = max(1, score_from)  # position 0 has no context, so it is never a target
+    if n_windows == 0 or start >= seq_len:
+        raise ValueError(
+            f"nothing to score: {n_windows} windows of {seq_len} tokens, score_from={score_from}; "
+            "pass windows and a score_from below seq_len"
+        )
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive (got {batch_size})")
+
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    total_nll = 0.0  # python float (float64) so the sum over many batches does not drift
+    bar = _progress(n_windows, progress)
+    try:
+        if bar is not None:
+            bar.start()
+            task = bar.add_task("ppl", total=n_windows)
+        for b in range(0, n_windows, batch_size):
+            batch = windows[b : b + batch_size].to(device=device, dtype=torch.long)  # [B, T]
+            logits = _logits(model, batch)  # [B, T, V]
+            for row in range(batch.shape[0]):
+                pred = logits[row, start - 1 : seq_len - 1].float()  # [T - start, V]: predicts targets below
+                target = batch[row, start:seq_len]  # [T - start]
+                total_nll += F.cross_entropy(pred, target, reduction="sum").item()
+            del logits
+            if bar is not None:
+                bar.advance(task, batch.shape[0])
+    finally:
+        if bar is not None:
+            bar.stop()
+        model.train(was_training)
+
+    tokens = n_windows * (seq_len - start)
+    nll = total_nll / tokens
+    return PerplexityResult(
+        ppl=math.exp(nll), nll=nll, tokens=tokens, windows=n_windows, seq_len=seq_len, score_from=score_from
+    )
