@@ -1,0 +1,373 @@
+"""Streaming, mergeable statistics of one activation site, global and per channel.
+
+A hook hands ``SiteStats.update`` a tensor ``x`` [..., d]; it is flattened to [N, d] (N tokens) and folded
+into bounded accumulators; raw activations are never kept. Two ``SiteStats`` over disjoint data merge into
+the statistics of the concatenation (exact up to float error), so shards from processes or GPUs combine.
+
+What is exact and what is estimated:
+
+* moments (mean, var, skew, excess kurtosis; global and per channel), absmax, per-channel counts of
+  ``|x| > eps`` for ``channel_eps``, the histogram and ``density`` at every ``eps_grid`` value: exact over
+  all elements. ``eps_grid`` values other than 0 are *snapped* to the nearest histogram edge (the summary
+  keys show the snapped value), which is what lets them be read exactly from the histogram.
+* quantiles of |x|: interpolated inside one histogram bin (relative error below the bin width,
+  ``(hi/lo)**(1/bins)``, 12 % with the defaults).
+* top-k mass and the CETT curve: estimates on at most ``sample_rows`` evenly strided tokens per update
+  (sorting every token would cost more than the forward pass). Merging sums the samples.
+
+NaN is counted (``nan``) and excluded everywhere else; ±inf is counted (``inf``), excluded from moments and
+absmax, and counted as ``|x| > eps`` (histogram overflow). Densities and quantiles are over non-NaN elements.
+
+Example:
+    >>> import torch
+    >>> cfg = StatsConfig()
+    >>> a, b = SiteStats(4, cfg), SiteStats(4, cfg)
+    >>> a.update(torch.randn(2, 8, 4)); b.update(torch.randn(16, 4))
+    >>> s = a.merge(b).summary()
+    >>> s["count"], sorted(s["density"])[:3]
+    (128, ['0', '0.001', '0.01'])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from actlab.capture.cett import CettCurve
+from actlab.capture.histogram import LogHistogram
+from actlab.capture.moments import Moments
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """Settings of ``SiteStats``; round-trips through JSON with ``to_dict`` / ``from_dict``.
+
+    Example:
+        >>> StatsConfig.from_dict(StatsConfig(sample_rows=8).to_dict()).sample_rows
+        8
+    """
+
+    hist_lo: float = 1e-6  # log-spaced |x| histogram edges, lo..hi in `hist_bins` bins (+ zero,
+    hist_hi: float = 1e4  # underflow, overflow and NaN categories)
+    hist_bins: int = 200
+    eps_grid: tuple[float, ...] = (0.0, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0)  # density |x| > eps; snapped
+    quantiles: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)  # of |x|, from the histogram
+    channel_eps: tuple[float, ...] = (0.0, 0.01, 0.1)  # per-channel |x| > eps counts (exact; 0 always in)
+    cold_freq: float = 0.01  # a channel is "cold" when active on fewer than this fraction of tokens
+    hot_frac: float = 0.2  # "hot_share" = share of activations held by this top fraction of channels
+    top_channels: int = 8  # channels listed by absmax in the summary
+    topk_fracs: tuple[float, ...] = (0.01, 0.1, 0.3, 0.5)  # top-k mass, k = max(1, round(frac * d))
+    sample_rows: int = 32  # tokens per update used by top-k mass and CETT (evenly strided)
+    cett_lo: float = 1e-4  # absolute CETT thresholds t: log-spaced cett_lo..cett_hi, cett_points points
+    cett_hi: float = 1e2
+    cett_points: int = 25
+    cett_targets: tuple[float, ...] = (0.1, 0.2, 0.3)  # summary reports the sparsity at these CETT values
+
+    def __post_init__(self) -> None:
+        tup = {f.name for f in fields(self) if str(f.type).startswith("tuple")}
+        for name in tup:  # JSON gives lists back
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        ch = tuple(sorted(set(self.channel_eps) | {0.0}))
+        object.__setattr__(self, "channel_eps", ch)
+        if any(e < 0 for e in self.eps_grid + ch):
+            raise ValueError("eps values must be >= 0")
+        bad = [e for e in self.eps_grid if e and not (self.hist_lo <= e <= self.hist_hi)]
+        if bad:
+            raise ValueError(f"eps_grid values {bad} lie outside the histogram range [hist_lo, hist_hi]")
+        if not all(0 < f <= 1 for f in self.topk_fracs) or not all(0 <= q <= 1 for q in self.quantiles):
+            raise ValueError("topk_fracs must be in (0, 1] and quantiles in [0, 1]")
+        if self.sample_rows < 1 or self.cett_points < 2 or not 0 < self.cett_lo < self.cett_hi:
+            raise ValueError("need sample_rows >= 1, cett_points >= 2 and 0 < cett_lo < cett_hi")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StatsConfig:
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown StatsConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def cett_grid(self) -> torch.Tensor:
+        """The absolute CETT thresholds t [cett_points], float64."""
+        return torch.logspace(
+            math.log10(self.cett_lo), math.log10(self.cett_hi), self.cett_points, dtype=torch.float64
+        )
+
+
+def _key(v: float) -> str:
+    return format(v, ".6g")
+
+
+def _num(v: float | torch.Tensor) -> float | None:
+    """JSON-safe float: None for NaN/inf (undefined statistics)."""
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def sample_index(n: int, rows: int) -> torch.Tensor:
+    """At most ``rows`` evenly strided, deterministic row indices out of ``n``."""
+    if n <= rows:
+        return torch.arange(n)
+    return torch.arange(rows) * n // rows
+
+
+class SiteStats:
+    """Mergeable statistics of one activation site with ``dim`` channels (see the module docstring).
+
+    ``down_weight`` [out, dim] is the weight that consumes this activation (the MLP down projection for a
+    ``mlp.down_in`` site); when given, the CETT curve is accumulated too. It is held by reference and never
+    saved. All state lives on the CPU; ``x`` may be on any device (only small reductions move).
+
+    Example:
+        >>> import torch
+        >>> st = SiteStats(8, StatsConfig(), down_weight=torch.randn(4, 8))
+        >>> st.update(torch.randn(3, 5, 8))
+        >>> s = st.summary()
+        >>> s["tokens"], len(s["cett"]["t"]), list(s["topk_mass"])
+        (15, 25, ['0.01', '0.1', '0.3', '0.5'])
+    """
+
+    def __init__(
+        self, dim: int, config: StatsConfig | None = None, down_weight: torch.Tensor | None = None
+    ) -> None:
+        self.dim = int(dim)
+        self.config = config or StatsConfig()
+        c = self.config
+        self.moments = Moments.zeros((self.dim,))  # per channel, finite elements only
+        self.hist = LogHistogram(c.hist_lo, c.hist_hi, c.hist_bins)
+        self.tokens = 0
+        self.n_inf = 0
+        self.chan_absmax = torch.zeros(self.dim, dtype=torch.float64)  # finite |x| only
+        self.chan_valid = torch.zeros(self.dim, dtype=torch.int64)  # non-NaN elements per channel
+        self.chan_above = torch.zeros(len(c.channel_eps), self.dim, dtype=torch.int64)  # |x| > eps
+        self.topk_sum = torch.zeros(len(c.topk_fracs), dtype=torch.float64)
+        self.topk_tokens = 0
+        self.cett: CettCurve | None = None
+        if down_weight is not None:
+            if down_weight.dim() != 2 or down_weight.shape[1] != self.dim:
+                raise ValueError(f"down_weight must be [out, {self.dim}], got {tuple(down_weight.shape)}")
+            self.cett = CettCurve(c.cett_grid(), down_weight)
+
+    # -- accumulation --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold in ``x`` [..., dim] (any float dtype, any device)."""
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"expected last dimension {self.dim}, got shape {tuple(x.shape)}")
+        x = x.detach().reshape(-1, self.dim)  # [N, d]
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        n = x.shape[0]
+        if n == 0:
+            return
+        # a NaN or inf anywhere makes its column sum non-finite: one cheap pass picks the fast path
+        clean = bool(torch.isfinite(x.sum(0)).all())
+        a = x.abs()  # [N, d]
+        if clean:
+            finite = None
+            absmax = a.amax(0)
+            nonzero = torch.count_nonzero(x, dim=0)
+            valid = torch.full((self.dim,), n, dtype=torch.int64)
+        else:
+            finite = torch.isfinite(x)
+            nan_c = torch.isnan(x).sum(0)
+            absmax = torch.where(finite, a, 0).amax(0)
+            nonzero = torch.count_nonzero(x, dim=0) - nan_c  # NaN != 0 is true; take it back out
+            valid = (n - nan_c).cpu()
+            self.n_inf += int((~finite).sum() - nan_c.sum())
+        batch = Moments.from_batch(x, finite, abs_max=float(absmax.max()))
+        self.moments = self.moments.merge(
+            Moments(*(t.cpu() for t in (batch.n, batch.mean, batch.m2, batch.m3, batch.m4)))
+        )
+        self.chan_absmax = torch.maximum(self.chan_absmax, absmax.cpu().to(torch.float64))
+        self.chan_valid += valid
+        for i, eps in enumerate(self.config.channel_eps):
+            self.chan_above[i] += (nonzero if eps == 0 else (a > eps).sum(0)).cpu()
+        n_zero = int(valid.sum()) - int(nonzero.sum())
+        self.hist.add(a, n_zero=n_zero, may_have_nan=not clean)
+        self.tokens += n
+
+        rows = x[sample_index(n, self.config.sample_rows).to(x.device)]  # [m, d]
+        self._update_topk(rows)
+        if self.cett is not None and self.cett.weight is not None:
+            self.cett.update(rows)
+
+    def _update_topk(self, rows: torch.Tensor) -> None:
+        rows = rows[torch.isfinite(rows).all(1)]
+        mass = rows.abs().to(torch.float64).sort(dim=1, descending=True).values.cumsum(1)  # [m, d]
+        mass = mass[mass[:, -1] > 0]
+        if not mass.shape[0]:
+            return
+        k = torch.tensor([self._k(f) for f in self.config.topk_fracs], device=mass.device)
+        self.topk_sum += (mass[:, k - 1] / mass[:, -1:]).sum(0).cpu()
+        self.topk_tokens += mass.shape[0]
+
+    def _k(self, frac: float) -> int:
+        return min(self.dim, max(1, int(frac * self.dim + 0.5)))
+
+    # -- merging ------------------------------------------------------------------------------------------
+    def merge(self, other: SiteStats) -> SiteStats:
+        """New ``SiteStats`` of both inputs' data; needs the same ``dim`` and config (CETT grid included)."""
+        if self.dim != other.dim or self.config != other.config:
+            raise ValueError("cannot merge SiteStats with different dim or config")
+        if (self.cett is None) != (other.cett is None):
+            raise ValueError("cannot merge SiteStats where only one side tracks CETT")
+        out = SiteStats(self.dim, self.config)
+        out.moments = self.moments.merge(other.moments)
+        out.hist = self.hist.merge(other.hist)
+        out.tokens = self.tokens + other.tokens
+        out.n_inf = self.n_inf + other.n_inf
+        out.chan_absmax = torch.maximum(self.chan_absmax, other.chan_absmax)
+        out.chan_valid = self.chan_valid + other.chan_valid
+        out.chan_above = self.chan_above + other.chan_above
+        out.topk_sum = self.topk_sum + other.topk_sum
+        out.topk_tokens = self.topk_tokens + other.topk_tokens
+        if self.cett is not None and other.cett is not None:
+            out.cett = self.cett.merge(other.cett)
+        return out
+
+    # -- reading ------------------------------------------------------------------------------------------
+    def density(self, eps: float) -> float | None:
+        """Fraction of non-NaN elements with ``|x| > eps`` (eps > 0 snapped to a histogram edge)."""
+        valid = self.hist.valid
+        if not valid:
+            return None
+        if eps == 0:
+            return (valid - int(self.hist.counts[0])) / valid
+        return self.hist.count_above(self.hist.snap(eps)[0]) / valid
+
+    def quantile(self, q: float) -> float | None:
+        """Histogram estimate of the ``q``-quantile of |x| (see ``LogHistogram.quantile``)."""
+        return self.hist.quantile(q, float(self.chan_absmax.max()), self.n_inf)
+
+    def channel_stats(self) -> dict[str, torch.Tensor]:
+        """Per-channel tensors [dim]: count, mean, var, std, skew, kurtosis (excess), absmax, and
+        ``freq`` [len(channel_eps), dim] = fraction of non-NaN tokens with ``|x| > eps``."""
+        m = self.moments
+        var = m.var()
+        return {
+            "count": m.n.clone(),
+            "mean": m.mean.clone(),
+            "var": var,
+            "std": var.sqrt(),
+            "skew": m.skew(),
+            "kurtosis": m.kurtosis(),
+            "absmax": self.chan_absmax.clone(),
+            "freq": self.chan_above.to(torch.float64) / self.chan_valid.clamp(min=1),
+        }
+
+    def summary(self, per_channel: bool = False) -> dict:
+        """JSON-ready summary; ``per_channel=True`` adds full per-channel lists. Undefined values are None."""
+        c, g = self.config, self.moments.reduce()
+        var = g.var()
+        out: dict = {
+            "dim": self.dim,
+            "tokens": self.tokens,
+            "elements": self.hist.total,
+            "count": int(g.n),
+            "nan": int(self.hist.counts[self.hist.nan_index]),
+            "inf": self.n_inf,
+            "mean": _num(g.mean),
+            "var": _num(var),
+            "std": _num(var.sqrt()),
+            "skew": _num(g.skew()),
+            "kurtosis": _num(g.kurtosis()),
+            "absmax": _num(self.chan_absmax.max()) if self.tokens else None,
+        }
+        eps = [0.0 if e == 0 else self.hist.snap(e)[1] for e in c.eps_grid]
+        out["density"] = {_key(s): self.density(e) for e, s in zip(c.eps_grid, eps, strict=True)}
+        out["quantiles"] = {_key(q): self.quantile(q) for q in c.quantiles}
+        out["histogram"] = self.hist.compact()
+        t = self.topk_tokens
+        out["topk_mass"] = {
+            _key(f): (float(s) / t if t else None) for f, s in zip(c.topk_fracs, self.topk_sum, strict=True)
+        }
+        out["topk_tokens"] = t
+        out["channels"] = self._channel_summary(per_channel)
+        out["cett"] = self._cett_summary()
+        return out
+
+    def _channel_summary(self, per_channel: bool) -> dict:
+        c, cs = self.config, self.channel_stats()
+        freq = cs["freq"]  # [E, d]
+        hot_n = max(1, math.ceil(c.hot_frac * self.dim))
+        out: dict = {"eps": list(c.channel_eps), "dead": {}, "cold": {}, "hot_share": {}, "freq": {}}
+        for e, f, cnt in zip(c.channel_eps, freq, self.chan_above, strict=True):
+            k = _key(e)
+            out["dead"][k] = int((cnt == 0).sum())
+            out["cold"][k] = int(((cnt > 0) & (f < c.cold_freq)).sum())
+            total = int(cnt.sum())
+            out["hot_share"][k] = int(cnt.topk(hot_n).values.sum()) / total if total else None
+            qs = torch.quantile(f, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=f.dtype)).tolist()
+            out["freq"][k] = dict(zip(("min", "p10", "median", "p90", "max"), qs, strict=True))
+        top = self.chan_absmax.topk(min(c.top_channels, self.dim))
+        out["top_absmax"] = [[int(i), float(v)] for v, i in zip(top.values, top.indices, strict=True)]
+        if per_channel:
+            out["per_channel"] = {
+                k: [_num(v) for v in cs[k].tolist()] for k in ("mean", "var", "kurtosis", "absmax")
+            }
+            out["per_channel"]["freq"] = {
+                _key(e): f.tolist() for e, f in zip(c.channel_eps, freq, strict=True)
+            }
+        return out
+
+    def _cett_summary(self) -> dict | None:
+        cc = self.cett
+        if cc is None:
+            return None
+        return {
+            "t": cc.t.tolist(),
+            "cett": [_num(v) for v in cc.mean_cett().tolist()],
+            "sparsity": [_num(v) for v in cc.mean_sparsity().tolist()],
+            "tokens": cc.tokens,
+            "sparsity_at_cett": {_key(tg): cc.sparsity_at(tg) for tg in self.config.cett_targets},
+        }
+
+    # -- state --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Flat dict of CPU tensors (safetensors-friendly); the config travels as UTF-8 JSON bytes."""
+        cfg = json.dumps(self.config.to_dict(), sort_keys=True).encode()
+        state = {
+            "config_json": torch.tensor(list(cfg), dtype=torch.uint8),
+            "tokens": torch.tensor(self.tokens),
+            "n_inf": torch.tensor(self.n_inf),
+            "hist.counts": self.hist.counts.clone(),
+            "chan.absmax": self.chan_absmax.clone(),
+            "chan.valid": self.chan_valid.clone(),
+            "chan.above": self.chan_above.clone(),
+            "topk.sum": self.topk_sum.clone(),
+            "topk.tokens": torch.tensor(self.topk_tokens),
+            **self.moments.state("moments."),
+        }
+        if self.cett is not None:
+            state.update(self.cett.state("cett."))
+        return state
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, torch.Tensor], down_weight: torch.Tensor | None = None
+    ) -> SiteStats:
+        """Inverse of ``state_dict``; pass ``down_weight`` to keep updating the CETT curve."""
+        config = StatsConfig.from_dict(json.loads(bytes(state["config_json"].tolist()).decode()))
+        dim = int(state["moments.n"].shape[0])
+        out = cls(dim, config)
+        if tuple(state["hist.counts"].shape) != tuple(out.hist.counts.shape) or tuple(
+            state["chan.above"].shape
+        ) != tuple(out.chan_above.shape):
+            raise ValueError("state shapes do not match its config")
+        out.moments = Moments.from_state(state, "moments.")
+        out.hist.counts = state["hist.counts"].to(torch.int64).clone()
+        out.tokens, out.n_inf = int(state["tokens"]), int(state["n_inf"])
+        out.chan_absmax = state["chan.absmax"].to(torch.float64).clone()
+        out.chan_valid = state["chan.valid"].to(torch.int64).clone()
+        out.chan_above = state["chan.above"].to(torch.int64).clone()
+        out.topk_sum = state["topk.sum"].to(torch.float64).clone()
+        out.topk_tokens = int(state["topk.tokens"])
+        if "cett.t" in state:
+            out.cett = CettCurve.from_state(state, "cett.", down_weight)
+        return out
