@@ -16,6 +16,7 @@ a dense matmul on the masked input, which is faster there and has the same seman
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import warnings
 from types import ModuleType
@@ -101,18 +102,19 @@ def _why_not_kernel(*tensors: Tensor | None) -> str | None:
     return None
 
 
-def _use_direct(x: Tensor, *others: Tensor | None) -> bool:
-    """Eager call on plain tensors with no autograd: the extension can be called with raw pointers."""
+def _route(x: Tensor, *others: Tensor | None) -> str:
+    """ "op" while compiling/exporting (or on tensor subclasses such as fake tensors), "reference" when
+    autograd must see the computation, else "direct": call the extension with raw pointers."""
     if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
-        return False
+        return "op"
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others)):
-        return False
-    return True
+        return "reference"
+    return "direct"
 
 
 def _rows(x: Tensor) -> int:
     """Number of tokens in a [..., features] tensor (prefill when above MAX_KERNEL_ROWS)."""
-    return x.numel() // max(x.shape[-1], 1)
+    return math.prod(x.shape[:-1])
 
 
 def _thr_args(t: Tensor | None, n: int) -> tuple[int, int, Tensor | None]:
@@ -129,7 +131,7 @@ def _thr_args(t: Tensor | None, n: int) -> tuple[int, int, Tensor | None]:
 
 def _as_rows(x: Tensor) -> tuple[Tensor, int]:
     """x as [rows, features] with unit stride in the last dim, and its row stride for the C side."""
-    x2 = x.reshape(-1, x.shape[-1])  # [rows, in]; a view when possible
+    x2 = x.reshape(_rows(x), x.shape[-1])  # [rows, in]; a view when possible
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]):
         x2 = x2.contiguous()
     ld = x2.stride(0) if x2.shape[0] > 1 else x2.shape[1]  # a single row's stride is arbitrary
@@ -196,8 +198,11 @@ def sparse_linear(x: Tensor, wt: Tensor, threshold: Tensor | float, bias: Tensor
     """
     if not isinstance(threshold, Tensor):
         threshold = torch.tensor(float(threshold), dtype=torch.float32, device=x.device)
-    if _use_direct(x, wt, threshold, bias):
+    route = _route(x, wt, threshold, bias)
+    if route == "direct":
         return _linear_impl(x, wt, threshold, bias)
+    if route == "reference":
+        return sparse_linear_reference(x, wt, threshold, bias)
     return torch.ops.actlab.sparse_linear(x, wt, threshold, bias)
 
 
@@ -209,6 +214,26 @@ def _sparse_linear_op(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | N
 @_sparse_linear_op.register_fake
 def _(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty(*x.shape[:-1], wt.shape[1])
+
+
+def _linear_setup_context(ctx, inputs, output) -> None:
+    x, wt, threshold, bias = inputs
+    ctx.save_for_backward(x, wt, threshold)
+    ctx.has_bias = bias is not None
+
+
+def _linear_backward(ctx, grad: Tensor):
+    """Gradients of the masked linear: masked inputs get none (straight through for kept ones)."""
+    x, wt, threshold = ctx.saved_tensors
+    keep = x.abs() > threshold
+    grad_x = torch.where(keep, grad @ wt.t(), torch.zeros((), dtype=grad.dtype))  # [..., in]
+    xm = torch.where(keep, x, torch.zeros((), dtype=x.dtype)).reshape(-1, x.shape[-1])  # [rows, in]
+    grad_wt = xm.t() @ grad.reshape(-1, grad.shape[-1])  # [in, out]
+    grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+    return grad_x, grad_wt, None, grad_bias
+
+
+_sparse_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 
 
 def _mlp_kernel(
@@ -328,8 +353,11 @@ def sparse_gated_mlp(
         for t in (t_in, t_act, t_down)
     )
     args = (x, w_gate_t, w_up, w_down_t, *biases, t_in, t_act, t_down, code)
-    if _use_direct(x, w_gate_t, w_up, w_down_t, *biases):
+    route = _route(x, w_gate_t, w_up, w_down_t, *biases)
+    if route == "direct":
         return _mlp_impl(*args)
+    if route == "reference":
+        return sparse_gated_mlp_reference(x, w_gate_t, w_up, w_down_t, code, t_act, t_in, t_down, biases)
     return torch.ops.actlab.sparse_gated_mlp(*args)
 
 

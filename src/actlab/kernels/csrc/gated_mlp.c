@@ -45,10 +45,11 @@ static void up_rows(const kernel_table *kt, const actlab_gated_mlp *m, const int
 
 int actlab_gated_mlp_forward(const actlab_gated_mlp *m, actlab_mat x, float *y, int64_t y_ld,
                              int num_threads) {
-    if (m == NULL || !check_shapes(m, x) || y == NULL || y_ld < x.cols) return ACTLAB_ERR_ARGS;
+    if (m == NULL || !check_shapes(m, x)) return ACTLAB_ERR_ARGS;
     const int B = (int)x.rows;
     const int64_t dm = x.cols, dff = m->wg_t.cols;
     if (B == 0 || dm == 0) return ACTLAB_OK;
+    if (y == NULL || y_ld < dm) return ACTLAB_ERR_ARGS;
     const kernel_table *kt = actlab__kernels();
 
     /* one allocation for every scratch buffer; sizes in elements */

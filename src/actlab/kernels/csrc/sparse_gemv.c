@@ -201,15 +201,16 @@ void actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx,
 }
 
 int actlab__valid_mat(actlab_mat m) {
-    return m.data != NULL && m.rows >= 0 && m.cols >= 0 && m.ld >= m.cols && m.rows < INT32_MAX;
+    /* empty matrices may have no storage at all */
+    return (m.data != NULL || m.rows == 0 || m.cols == 0) && m.rows >= 0 && m.cols >= 0 && m.ld >= m.cols && m.rows < INT32_MAX;
 }
 
 int actlab_sparse_linear(actlab_mat x, actlab_mat wt, actlab_thr thr, const float *bias, float *y,
                          int64_t y_ld, int num_threads) {
-    if (!actlab__valid_mat(x) || !actlab__valid_mat(wt) || x.cols != wt.rows || y == NULL || y_ld < wt.cols ||
-        thr.data == NULL || x.rows > INT32_MAX)
+    if (!actlab__valid_mat(x) || !actlab__valid_mat(wt) || x.cols != wt.rows || thr.data == NULL)
         return ACTLAB_ERR_ARGS;
     if (x.rows == 0 || wt.cols == 0) return ACTLAB_OK;
+    if (y == NULL || y_ld < wt.cols) return ACTLAB_ERR_ARGS;
     const int B = (int)x.rows;
     int32_t *idx = malloc((size_t)(x.cols + 1) * sizeof(int32_t));
     float *xv = malloc((size_t)(x.cols * B + 1) * sizeof(float));
