@@ -73,14 +73,21 @@ class Moments:
             xz = torch.where(finite, x, 0)
             mean = xz.sum(0) / n.clamp(min=1).to(work)
             c = torch.where(finite, x - mean, 0)
-        c2 = c * c
-        m2 = c2.sum(0)
-        c.mul_(c2)  # c**3, in place to save an allocation
-        m3 = c.sum(0)
-        c2.square_()  # c**4
-        m4 = c2.sum(0)
         f64 = torch.float64
-        return cls(n, mean.to(f64), m2.to(f64), m3.to(f64), m4.to(f64))
+        s1 = c.sum(0).to(f64)  # ~0; not exactly, since `mean` was rounded to `work` precision
+        c2 = c * c
+        s2 = c2.sum(0).to(f64)
+        c.mul_(c2)  # c**3, in place to save an allocation
+        s3 = c.sum(0).to(f64)
+        c2.square_()  # c**4
+        s4 = c2.sum(0).to(f64)
+        # re-centre the sums on the exact mean (mean + r) in float64: a float32 mean of data like
+        # 1e4 + 0.01 * noise is off by a good part of the spread, which would bias m2..m4
+        r = s1 / n.clamp(min=1)
+        m2 = s2 - n * r**2
+        m3 = s3 - 3 * r * s2 + 2 * n * r**3
+        m4 = s4 - 4 * r * s3 + 6 * r**2 * s2 - 3 * n * r**4
+        return cls(n, mean.to(f64) + r, m2, m3, m4)
 
     def merge(self, other: Moments) -> Moments:
         """Pairwise (Chan/Pébay) combination; returns a new object. Shapes must match."""

@@ -56,8 +56,9 @@ class StatsConfig:
     eps_grid: tuple[float, ...] = (0.0, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0)  # density |x| > eps; snapped
     quantiles: tuple[float, ...] = (0.5, 0.9, 0.99, 0.999)  # of |x|, from the histogram
     channel_eps: tuple[float, ...] = (0.0, 0.01, 0.1)  # per-channel |x| > eps counts (exact; 0 always in)
-    cold_freq: float = 0.01  # a channel is "cold" when active on fewer than this fraction of tokens
-    hot_frac: float = 0.2  # "hot_share" = share of activations held by this top fraction of channels
+    cold_freq: float = 0.01  # "cold" channel: active (|x| > eps) on fewer than this fraction of tokens
+    hot_freq: float = 0.5  # "hot" channel: active on more than this fraction of tokens
+    top_frac: float = 0.2  # "top_share": share of all activations held by this most active channel fraction
     top_channels: int = 8  # channels listed by absmax in the summary
     topk_fracs: tuple[float, ...] = (0.01, 0.1, 0.3, 0.5)  # top-k mass, k = max(1, round(frac * d))
     sample_rows: int = 32  # tokens per update used by top-k mass and CETT (evenly strided)
@@ -245,6 +246,10 @@ class SiteStats:
         """Histogram estimate of the ``q``-quantile of |x| (see ``LogHistogram.quantile``)."""
         return self.hist.quantile(q, float(self.chan_absmax.max()), self.n_inf)
 
+    def histogram_edges(self) -> list[float]:
+        """The ``hist_bins + 1`` edges (float32 values) of ``summary()["histogram"]["counts"]``."""
+        return self.hist.edges.tolist()
+
     def channel_stats(self) -> dict[str, torch.Tensor]:
         """Per-channel tensors [dim]: count, mean, var, std, skew, kurtosis (excess), absmax, and
         ``freq`` [len(channel_eps), dim] = fraction of non-NaN tokens with ``|x| > eps``."""
@@ -292,27 +297,52 @@ class SiteStats:
         out["cett"] = self._cett_summary()
         return out
 
+    def neuron_summary(self, eps: float = 0.0, frequency_sorted: bool = False) -> dict:
+        """Hot/cold/dead channels at one ``eps`` of ``config.channel_eps``.
+
+        A channel is *active* on a token when ``|x| > eps``; ``freq`` is its fraction of active tokens.
+        ``dead``: never active over all tokens. ``cold``: active but ``freq < cold_freq``. ``hot``:
+        ``freq > hot_freq``. ``top_share``: the fraction of all activations (active channel-token pairs)
+        that fall in the ``top_frac`` most active channels (``top_frac`` when uniform, 1.0 when
+        concentrated). ``frequency_sorted=True`` adds every channel's ``freq``, descending (rank plots).
+        """
+        c = self.config
+        if eps not in c.channel_eps:
+            raise ValueError(f"eps={eps} is not one of channel_eps {c.channel_eps}")
+        i = c.channel_eps.index(eps)
+        cnt = self.chan_above[i]
+        f = cnt.to(torch.float64) / self.chan_valid.clamp(min=1)  # [d]
+        total = int(cnt.sum())
+        top_n = max(1, math.ceil(c.top_frac * self.dim))
+        qs = torch.quantile(f, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=f.dtype)).tolist()
+        out = {
+            "eps": eps,
+            "channels": self.dim,
+            "dead": int((cnt == 0).sum()),
+            "cold": int(((cnt > 0) & (f < c.cold_freq)).sum()),
+            "hot": int((f > c.hot_freq).sum()),
+            "top_frac": c.top_frac,
+            "top_share": int(cnt.topk(top_n).values.sum()) / total if total else None,
+            "freq": dict(zip(("min", "p10", "median", "p90", "max"), qs, strict=True)),
+        }
+        if frequency_sorted:
+            out["frequency_sorted"] = f.sort(descending=True).values.tolist()
+        return out
+
     def _channel_summary(self, per_channel: bool) -> dict:
-        c, cs = self.config, self.channel_stats()
-        freq = cs["freq"]  # [E, d]
-        hot_n = max(1, math.ceil(c.hot_frac * self.dim))
-        out: dict = {"eps": list(c.channel_eps), "dead": {}, "cold": {}, "hot_share": {}, "freq": {}}
-        for e, f, cnt in zip(c.channel_eps, freq, self.chan_above, strict=True):
-            k = _key(e)
-            out["dead"][k] = int((cnt == 0).sum())
-            out["cold"][k] = int(((cnt > 0) & (f < c.cold_freq)).sum())
-            total = int(cnt.sum())
-            out["hot_share"][k] = int(cnt.topk(hot_n).values.sum()) / total if total else None
-            qs = torch.quantile(f, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=f.dtype)).tolist()
-            out["freq"][k] = dict(zip(("min", "p10", "median", "p90", "max"), qs, strict=True))
+        c = self.config
         top = self.chan_absmax.topk(min(c.top_channels, self.dim))
-        out["top_absmax"] = [[int(i), float(v)] for v, i in zip(top.values, top.indices, strict=True)]
+        out: dict = {
+            "by_eps": {_key(e): self.neuron_summary(e) for e in c.channel_eps},
+            "top_absmax": [[int(i), float(v)] for v, i in zip(top.values, top.indices, strict=True)],
+        }
         if per_channel:
+            cs = self.channel_stats()
             out["per_channel"] = {
                 k: [_num(v) for v in cs[k].tolist()] for k in ("mean", "var", "kurtosis", "absmax")
             }
             out["per_channel"]["freq"] = {
-                _key(e): f.tolist() for e, f in zip(c.channel_eps, freq, strict=True)
+                _key(e): f.tolist() for e, f in zip(c.channel_eps, cs["freq"], strict=True)
             }
         return out
 
