@@ -8,8 +8,8 @@ Counts layout, ``B + 4`` int64 categories:
 
     [zero, underflow (0 < |x| <= lo), bin_0 ... bin_{B-1}, overflow (|x| > hi, +inf included), nan]
 
-Binning is arithmetic (``ceil(log10|x| * scale + offset)``, a few vectorised passes) rather than a
-binary search (``torch.bucketize`` is ~10x slower on CPU). float32 ``log10`` is off by a few ulps, so
+Binning is arithmetic (``ceil(log2|x| * scale + offset)``, a few vectorised passes) rather than a
+binary search (``torch.bucketize`` is ~10x slower on CPU). float32 ``log2`` is off by a few ulps, so
 elements whose position lies within a small tolerance of an edge are re-binned exactly with
 ``searchsorted`` against the float32 edges (typically < 0.2 % of elements). Values are binned as float32:
 float64 input is rounded to float32 first.
@@ -29,6 +29,8 @@ import math
 
 import torch
 
+from actlab.capture import scratch
+
 
 class LogHistogram:
     """Counts of |x| in the categories described in the module docstring."""
@@ -46,6 +48,7 @@ class LogHistogram:
         # float32 error of p grows with |p| and |log10 x| * scale; 16x a one-ulp bound is ample
         span = abs(self._offset) + self._scale * max(abs(math.log10(lo)), abs(math.log10(hi))) + bins + 2
         self._tol = 16 * span * 2.0**-23
+        self._floor = float(torch.tensor(10.0 ** (math.log10(lo) - 0.5 * step), dtype=torch.float32))
         self.counts = torch.zeros(bins + 4, dtype=torch.int64, device=device)
 
     # -- categories -------------------------------------------------------------------------------
@@ -57,29 +60,32 @@ class LogHistogram:
     def nan_index(self) -> int:
         return self.bins + 3
 
-    def categorize(self, a: torch.Tensor, may_have_nan: bool = True) -> torch.Tensor:
-        """Category index (int64, same shape) of each ``a = |x|``; exact zeros land in *underflow* (1).
+    def _categorize(self, a: torch.Tensor, may_have_nan: bool) -> torch.Tensor:
+        """Category (int32, same shape, in scratch slot 2) of each ``a = |x|``; zeros land in underflow.
 
         Zeros cannot be told from underflow cheaply here; ``add`` moves them using the caller's count.
         """
         a = a.to(torch.float32)
-        p = torch.log10(a)
-        p.mul_(self._scale).add_(self._offset)
-        gap = p.round()
+        p = scratch.get(1, a.shape, torch.float32, a.device)
+        # zeros and denormals send log2 down a slow path (8-25x); every |x| <= lo lands in underflow
+        # anyway, so lift them to half a bin below lo (position 0.5: inside underflow, far from an edge)
+        torch.clamp(a, min=self._floor, out=p).log2_()
+        p.mul_(self._scale * math.log10(2.0)).add_(self._offset)
+        gap = scratch.get(2, a.shape, torch.float32, a.device)
+        torch.round(p, out=gap)
         gap.sub_(p).abs_()
         near = (gap < self._tol).view(-1).nonzero().squeeze(1)  # rare: positions near an edge
         p.ceil_().clamp_(1, self.overflow_index)
         if may_have_nan:
             p.nan_to_num_(nan=float(self.nan_index))
         if near.numel():
-            flat = p.view(-1)
-            edges = self.edges.to(a.device)
-            flat[near] = (torch.searchsorted(edges, a.reshape(-1)[near]) + 1).to(p.dtype)
-        return p.long()
+            exact = torch.searchsorted(self.edges.to(a.device), a.reshape(-1)[near]) + 1
+            p.view(-1)[near] = exact.to(p.dtype)
+        return gap.view(torch.int32).copy_(p)  # reuse slot 2; int32 bincounts ~3x faster than int64
 
     def add(self, a: torch.Tensor, n_zero: int, may_have_nan: bool = True) -> None:
         """Count ``a = |x|`` (any shape); ``n_zero`` is the number of exact zeros in it."""
-        cat = self.categorize(a, may_have_nan).view(-1)
+        cat = self._categorize(a, may_have_nan).view(-1)
         c = torch.bincount(cat, minlength=self.bins + 4).to(self.counts.device)
         c[0] += n_zero
         c[1] -= n_zero

@@ -6,9 +6,9 @@ rest, at fixed channels and on special tokens (the first token, delimiters). An 
 
     |x| >= abs_threshold   and   |x| >= ratio * median(|x|)
 
-where the median is over the whole tensor handed to ``update`` (the current batch at that layer; the
-paper uses the same per-tensor median). Only finite entries are considered; when the median is 0 the
-ratio test always passes and ``ratio`` is reported as None.
+where the median (the lower median, as ``torch.median``) is over the whole tensor handed to ``update``:
+the current batch at that layer, as the paper's per-tensor ratio. NaN/inf entries are never massive and
+count as 0 in the median; when the median is 0 the ratio test always passes and ``ratio`` is None.
 
 State is bounded and mergeable: the ``top_n`` records with the largest |value| (ties broken by layer,
 position, channel, token id, so merging in any order keeps the same records) plus a hit count per
@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from actlab.capture import scratch
+
 _FIELDS = ("value", "ratio", "layer", "channel", "position", "token_id")
 
 
@@ -60,6 +62,15 @@ class MassiveConfig:
         if unknown:
             raise ValueError(f"unknown MassiveConfig keys: {sorted(unknown)}")
         return cls(**d)
+
+
+def _lower_median(a: torch.Tensor) -> float:
+    """Lower median of all entries, as ``torch.median``; numpy's partition is ~10x faster on CPU."""
+    if a.device.type != "cpu":
+        return float(a.median())
+    flat = a.reshape(-1).numpy()
+    k = (flat.size - 1) // 2
+    return float(np.partition(flat, k)[k])
 
 
 def _empty_records() -> dict[str, torch.Tensor]:
@@ -98,13 +109,18 @@ class MassiveTracker:
             raise ValueError(f"expected [batch, seq, d], got shape {tuple(x.shape)}")
         if token_ids is not None and tuple(token_ids.shape) != tuple(x.shape[:2]):
             raise ValueError(f"token_ids shape {tuple(token_ids.shape)} != {tuple(x.shape[:2])}")
-        a = x.abs().float()  # [B, S, d]
-        if not bool(torch.isfinite(a).all()):
-            a = torch.where(torch.isfinite(a), a, 0)
+        if x.numel() == 0:
+            return 0
+        x32 = x if x.dtype == torch.float32 else x.float()
+        a = torch.abs(x32, out=scratch.get(0, x.shape, torch.float32, x.device))  # [B, S, d]
         cfg = self.config
-        if a.numel() == 0 or float(a.max()) < cfg.abs_threshold:
+        top = float(a.max())
+        if not math.isfinite(top):  # NaN or inf somewhere: they are not massive activations
+            a = torch.where(torch.isfinite(a), a, 0)
+            top = float(a.max())
+        if top < cfg.abs_threshold:
             return 0  # the common cheap exit: no candidate at all
-        med = float(a.median()) if median is None else float(median)  # lower median for even counts
+        med = _lower_median(a) if median is None else float(median)
         hits = (a >= max(cfg.abs_threshold, cfg.ratio * med)).nonzero()  # [K, 3] = (b, s, c)
         k = hits.shape[0]
         if k == 0:

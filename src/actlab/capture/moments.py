@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from actlab.capture import scratch
+
 # Above this magnitude x**4 overflows float32 (3.4e38); such batches are centred in float64 instead.
 _FLOAT32_SAFE_ABS = 1e9
 
@@ -46,16 +48,21 @@ class Moments:
 
     @classmethod
     def from_batch(
-        cls, x: torch.Tensor, finite: torch.Tensor | None = None, abs_max: float | None = None
+        cls,
+        x: torch.Tensor,
+        finite: torch.Tensor | None = None,
+        abs_max: float | None = None,
+        col_sum: torch.Tensor | None = None,
     ) -> Moments:
         """Per-column moments of ``x`` [N, d].
 
         ``finite`` is an optional bool mask [N, d] of the elements to include; pass it when ``x`` may
-        hold NaN/inf (the fast path without a mask assumes every element is finite). ``abs_max`` is the
-        largest finite ``|x|`` if the caller already knows it (saves a pass).
+        hold NaN/inf (the fast path without a mask assumes every element is finite). ``abs_max`` (largest
+        finite |x|) and ``col_sum`` (``x.sum(0)``, fast path only) save a pass each when already known.
 
         Elementwise work runs in float32 for float32/16-bit input (float64 for float64 input or for
-        magnitudes whose 4th power would overflow); every sum is promoted to float64 before combining.
+        magnitudes whose 4th power would overflow float32); every sum is promoted to float64 before the
+        re-centring below and before combining.
         """
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
         if work == torch.float32 and x.numel():
@@ -63,23 +70,25 @@ class Moments:
                 abs_max = float((x if finite is None else torch.where(finite, x, 0)).abs().amax())
             if abs_max > _FLOAT32_SAFE_ABS:
                 work = torch.float64
-        x = x.to(work)
-        if finite is None:
-            n = torch.full((x.shape[1],), x.shape[0], dtype=torch.float64, device=x.device)
-            mean = x.sum(0) / max(x.shape[0], 1)  # [d]
-            c = x - mean  # [N, d]
-        else:
-            n = finite.sum(0).to(torch.float64)
-            xz = torch.where(finite, x, 0)
-            mean = xz.sum(0) / n.clamp(min=1).to(work)
-            c = torch.where(finite, x - mean, 0)
+        if x.dtype != work:
+            x, col_sum = x.to(work), None
         f64 = torch.float64
+        c = scratch.get(1, x.shape, work, x.device)  # [N, d] centred values, then their cubes
+        c2 = scratch.get(2, x.shape, work, x.device)  # [N, d] squares, then 4th powers
+        if finite is None:
+            n = torch.full((x.shape[1],), x.shape[0], dtype=f64, device=x.device)
+            mean = (x.sum(0) if col_sum is None else col_sum) / max(x.shape[0], 1)  # [d]
+            torch.sub(x, mean, out=c)
+        else:
+            n = finite.sum(0).to(f64)
+            mean = torch.where(finite, x, 0).sum(0) / n.clamp(min=1).to(work)
+            torch.where(finite, x - mean, torch.zeros((), dtype=work, device=x.device), out=c)
         s1 = c.sum(0).to(f64)  # ~0; not exactly, since `mean` was rounded to `work` precision
-        c2 = c * c
+        torch.mul(c, c, out=c2)
         s2 = c2.sum(0).to(f64)
-        c.mul_(c2)  # c**3, in place to save an allocation
+        c.mul_(c2)
         s3 = c.sum(0).to(f64)
-        c2.square_()  # c**4
+        c2.square_()
         s4 = c2.sum(0).to(f64)
         # re-centre the sums on the exact mean (mean + r) in float64: a float32 mean of data like
         # 1e4 + 0.01 * noise is off by a good part of the spread, which would bias m2..m4

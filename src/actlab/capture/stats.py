@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from actlab.capture import scratch
 from actlab.capture.cett import CettCurve
 from actlab.capture.histogram import LogHistogram
 from actlab.capture.moments import Moments
@@ -98,6 +99,9 @@ class StatsConfig:
         return torch.logspace(
             math.log10(self.cett_lo), math.log10(self.cett_hi), self.cett_points, dtype=torch.float64
         )
+
+
+_MAX_ROWS = 2**24
 
 
 def _key(v: float) -> str:
@@ -166,30 +170,41 @@ class SiteStats:
         n = x.shape[0]
         if n == 0:
             return
+        if n >= _MAX_ROWS:  # float32 counting below is exact only up to 2**24 per column
+            for part in x.split(_MAX_ROWS // 2):
+                self.update(part)
+            return
         # a NaN or inf anywhere makes its column sum non-finite: one cheap pass picks the fast path
-        clean = bool(torch.isfinite(x.sum(0)).all())
-        a = x.abs()  # [N, d]
+        col_sum = x.sum(0)  # [d]
+        clean = bool(torch.isfinite(col_sum).all())
+        a = torch.abs(x, out=scratch.get(0, x.shape, x.dtype, x.device))  # [N, d]
         if clean:
             finite = None
             absmax = a.amax(0)
-            nonzero = torch.count_nonzero(x, dim=0)
             valid = torch.full((self.dim,), n, dtype=torch.int64)
         else:
             finite = torch.isfinite(x)
-            nan_c = torch.isnan(x).sum(0)
+            nan = torch.isnan(x)
             absmax = torch.where(finite, a, 0).amax(0)
-            nonzero = torch.count_nonzero(x, dim=0) - nan_c  # NaN != 0 is true; take it back out
-            valid = (n - nan_c).cpu()
-            self.n_inf += int((~finite).sum() - nan_c.sum())
-        batch = Moments.from_batch(x, finite, abs_max=float(absmax.max()))
+            valid = n - nan.sum(0).cpu()
+            self.n_inf += int((~finite).sum() - nan.sum())
+        batch = Moments.from_batch(x, finite, abs_max=float(absmax.max()), col_sum=col_sum if clean else None)
         self.moments = self.moments.merge(
             Moments(*(t.cpu() for t in (batch.n, batch.mean, batch.m2, batch.m3, batch.m4)))
         )
         self.chan_absmax = torch.maximum(self.chan_absmax, absmax.cpu().to(torch.float64))
         self.chan_valid += valid
-        for i, eps in enumerate(self.config.channel_eps):
-            self.chan_above[i] += (nonzero if eps == 0 else (a > eps).sum(0)).cpu()
-        n_zero = int(valid.sum()) - int(nonzero.sum())
+        # Per-channel counts: comparisons written as 0/1 float32 and summed in float32 are ~4x faster
+        # than summing a bool tensor (which first casts it to int); exact while n < 2**24 (checked above).
+        flag = scratch.get(1, x.shape, x.dtype, x.device)
+        if clean:
+            nonzero = torch.sign(a, out=flag).sum(0)  # [d]
+        else:
+            nonzero = torch.logical_and(x != 0, ~nan, out=flag).sum(0)
+        above = [nonzero if e == 0 else torch.gt(a, e, out=flag).sum(0) for e in self.config.channel_eps]
+        self.chan_above += torch.stack(above).cpu().round().to(torch.int64)
+        nonzero = int(nonzero.sum())
+        n_zero = int(valid.sum()) - nonzero
         self.hist.add(a, n_zero=n_zero, may_have_nan=not clean)
         self.tokens += n
 
@@ -199,14 +214,16 @@ class SiteStats:
             self.cett.update(rows)
 
     def _update_topk(self, rows: torch.Tensor) -> None:
-        rows = rows[torch.isfinite(rows).all(1)]
-        mass = rows.abs().to(torch.float64).sort(dim=1, descending=True).values.cumsum(1)  # [m, d]
-        mass = mass[mass[:, -1] > 0]
-        if not mass.shape[0]:
+        a = rows[torch.isfinite(rows).all(1)].abs()  # [m, d]
+        total = a.sum(1, dtype=torch.float64)  # [m] L1 mass per token
+        ks = [self._k(f) for f in self.config.topk_fracs]
+        a, total = a[total > 0], total[total > 0]
+        if not a.shape[0]:
             return
-        k = torch.tensor([self._k(f) for f in self.config.topk_fracs], device=mass.device)
-        self.topk_sum += (mass[:, k - 1] / mass[:, -1:]).sum(0).cpu()
-        self.topk_tokens += mass.shape[0]
+        top = a.topk(max(ks), dim=1).values.to(torch.float64).cumsum(1)  # [m, kmax], largest first
+        k = torch.tensor(ks, device=a.device)
+        self.topk_sum += (top[:, k - 1] / total[:, None]).sum(0).cpu()
+        self.topk_tokens += a.shape[0]
 
     def _k(self, frac: float) -> int:
         return min(self.dim, max(1, int(frac * self.dim + 0.5)))
