@@ -8,7 +8,7 @@ Counts layout, ``B + 4`` int64 categories:
 
     [zero, underflow (0 < |x| <= lo), bin_0 ... bin_{B-1}, overflow (|x| > hi, +inf included), nan]
 
-Binning is arithmetic (``ceil(log2|x| * scale + offset)``, a few vectorised passes) rather than a
+Binning is arithmetic (``trunc(log2|x| * scale + offset)``, a few vectorised passes) rather than a
 binary search (``torch.bucketize`` is ~10x slower on CPU). float32 ``log2`` is off by a few ulps, so
 elements whose position lies within a small tolerance of an edge are re-binned exactly with
 ``searchsorted`` against the float32 edges (typically < 0.2 % of elements). Values are binned as float32:
@@ -42,11 +42,13 @@ class LogHistogram:
         step = math.log10(hi / lo) / bins  # decades per bin
         k = torch.arange(bins + 1, dtype=torch.float64)
         self.edges = (10.0 ** (math.log10(lo) + k * step)).to(torch.float32)  # [B+1]
-        # position p = log10|x| * scale + offset puts edge E_k at p = k + 1, so ceil(p) is the category
-        self._scale = 1.0 / step
-        self._offset = 1.0 - math.log10(lo) / step
+        # position p = log2|x| * scale2 + offset puts edge E_k at p = k + 2, so trunc(p) is the category
+        self._scale = 1.0 / step  # bins per decade
+        self._scale2 = self._scale * math.log10(2.0)  # bins per octave
+        offset = 2.0 - math.log10(lo) / step
+        self._offset = torch.tensor(offset, dtype=torch.float32)
         # float32 error of p grows with |p| and |log10 x| * scale; 16x a one-ulp bound is ample
-        span = abs(self._offset) + self._scale * max(abs(math.log10(lo)), abs(math.log10(hi))) + bins + 2
+        span = abs(offset) + self._scale * max(abs(math.log10(lo)), abs(math.log10(hi))) + bins + 2
         self._tol = 16 * span * 2.0**-23
         self._floor = float(torch.tensor(10.0 ** (math.log10(lo) - 0.5 * step), dtype=torch.float32))
         self.counts = torch.zeros(bins + 4, dtype=torch.int64, device=device)
@@ -68,20 +70,23 @@ class LogHistogram:
         a = a.to(torch.float32)
         p = scratch.get(1, a.shape, torch.float32, a.device)
         # zeros and denormals send log2 down a slow path (8-25x); every |x| <= lo lands in underflow
-        # anyway, so lift them to half a bin below lo (position 0.5: inside underflow, far from an edge)
+        # anyway, so lift them to half a bin below lo (position 1.5: inside underflow, far from an edge)
         torch.clamp(a, min=self._floor, out=p).log2_()
-        p.mul_(self._scale * math.log10(2.0)).add_(self._offset)
+        torch.add(self._offset.to(a.device), p, alpha=self._scale2, out=p)  # one pass for * and +
         gap = scratch.get(2, a.shape, torch.float32, a.device)
         torch.round(p, out=gap)
         gap.sub_(p).abs_()
         near = (gap < self._tol).view(-1).nonzero().squeeze(1)  # rare: positions near an edge
-        p.ceil_().clamp_(1, self.overflow_index)
+        p.clamp_(1, self.overflow_index)
         if may_have_nan:
             p.nan_to_num_(nan=float(self.nan_index))
+        # truncation is the category: bin k spans positions (k + 2, k + 3]; the only element where
+        # truncation and that half-open interval disagree sits on an integer, i.e. is "near" and fixed
+        cat = gap.view(torch.int32).copy_(p)  # reuse slot 2; int32 bincounts ~3x faster than int64
         if near.numel():
             exact = torch.searchsorted(self.edges.to(a.device), a.reshape(-1)[near]) + 1
-            p.view(-1)[near] = exact.to(p.dtype)
-        return gap.view(torch.int32).copy_(p)  # reuse slot 2; int32 bincounts ~3x faster than int64
+            cat.view(-1)[near] = exact.to(torch.int32)
+        return cat
 
     def add(self, a: torch.Tensor, n_zero: int, may_have_nan: bool = True) -> None:
         """Count ``a = |x|`` (any shape); ``n_zero`` is the number of exact zeros in it."""
