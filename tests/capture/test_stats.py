@@ -325,3 +325,16 @@ def test_huge_values_use_float64() -> None:
     ref = ref_moments(x.double().numpy())
     assert s.summary()["kurtosis"] == pytest.approx(ref["kurtosis"], rel=1e-6)
     assert s.summary()["density"]["1"] == 0.75
+
+
+def test_inference_mode_and_autograd_inputs() -> None:
+    from actlab.capture import scratch
+
+    scratch.release()  # buffers first allocated inside inference mode must still work outside it
+    with torch.inference_mode():
+        s = SiteStats(6, CFG, down_weight=torch.randn(3, 6))
+        s.update(torch.randn(5, 6))
+    s.update(torch.randn(5, 6, requires_grad=True) * 2)
+    with torch.inference_mode():
+        s.update(torch.randn(5, 6))
+    assert s.summary()["tokens"] == 15

@@ -77,8 +77,8 @@ class CettCurve:
             keep = n.unsqueeze(0) <= t[partial].view(-1, 1, 1)  # [G', m, d]
             part = ((h.unsqueeze(0) * keep).view(-1, d) @ w.T).norm(dim=1).view(-1, m)  # [G', m]
             cett[:, partial] = (part / full).T.to(torch.float64)
-        self.cett_sum += cett.sum(0).cpu()
-        self.sparsity_sum += (dropped.to(torch.float64) / d).sum(0).cpu()
+        self.cett_sum = self.cett_sum + cett.sum(0).cpu()  # out of place: may be an inference tensor
+        self.sparsity_sum = self.sparsity_sum + (dropped.to(torch.float64) / d).sum(0).cpu()
         self.tokens += m
 
     def mean_cett(self) -> torch.Tensor:

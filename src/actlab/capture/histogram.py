@@ -94,7 +94,7 @@ class LogHistogram:
         c = torch.bincount(cat, minlength=self.bins + 4).to(self.counts.device)
         c[0] += n_zero
         c[1] -= n_zero
-        self.counts += c
+        self.counts = self.counts + c  # out of place: may be an inference tensor
 
     # -- reading ------------------------------------------------------------------------------------
     @property

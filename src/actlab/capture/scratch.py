@@ -35,7 +35,9 @@ def get(
     n = math.prod(shape)
     buf = pool.get(key)
     if buf is None or buf.numel() < n:
-        buf = pool[key] = torch.empty(n, dtype=dtype, device=device)
+        # a normal tensor: usable in place both inside and outside torch.inference_mode
+        with torch.inference_mode(False):
+            buf = pool[key] = torch.empty(n, dtype=dtype, device=device)
     return buf[:n].view(shape)
 
 

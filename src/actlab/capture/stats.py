@@ -193,7 +193,7 @@ class SiteStats:
             Moments(*(t.cpu() for t in (batch.n, batch.mean, batch.m2, batch.m3, batch.m4)))
         )
         self.chan_absmax = torch.maximum(self.chan_absmax, absmax.cpu().to(torch.float64))
-        self.chan_valid += valid
+        self.chan_valid = self.chan_valid + valid  # out of place: accumulators may be inference tensors
         # Per-channel counts: comparisons written as 0/1 float32 and summed in float32 are ~4x faster
         # than summing a bool tensor (which first casts it to int); exact while n < 2**24 (checked above).
         flag = scratch.get(1, x.shape, x.dtype, x.device)
@@ -202,7 +202,7 @@ class SiteStats:
         else:
             nonzero = torch.logical_and(x != 0, ~nan, out=flag).sum(0)
         above = [nonzero if e == 0 else torch.gt(a, e, out=flag).sum(0) for e in self.config.channel_eps]
-        self.chan_above += torch.stack(above).cpu().round().to(torch.int64)
+        self.chan_above = self.chan_above + torch.stack(above).cpu().round().to(torch.int64)
         nonzero = int(nonzero.sum())
         n_zero = int(valid.sum()) - nonzero
         self.hist.add(a, n_zero=n_zero, may_have_nan=not clean)
@@ -222,7 +222,7 @@ class SiteStats:
             return
         top = a.topk(max(ks), dim=1).values.to(torch.float64).cumsum(1)  # [m, kmax], largest first
         k = torch.tensor(ks, device=a.device)
-        self.topk_sum += (top[:, k - 1] / total[:, None]).sum(0).cpu()
+        self.topk_sum = self.topk_sum + (top[:, k - 1] / total[:, None]).sum(0).cpu()
         self.topk_tokens += a.shape[0]
 
     def _k(self, frac: float) -> int:
