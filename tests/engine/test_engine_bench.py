@@ -1,0 +1,115 @@
+"""Bench utilities: interleaving order, medians, scoped variants, thread control, memory, decode speed."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+import actlab
+from actlab.engine.bench import (
+    interleaved,
+    measure_decode,
+    measure_hf_decode,
+    peak_rss_mb,
+    rss_mb,
+    threads,
+    within,
+)
+
+
+def _counter(values: list[float], log: list[str], name: str):
+    it = iter(values)
+
+    def run() -> float:
+        log.append(name)
+        return next(it)
+
+    return run
+
+
+def test_interleaved_runs_variants_in_rounds_and_takes_medians():
+    log: list[str] = []
+    variants = {
+        "a": _counter([100.0, 1.0, 5.0, 3.0], log, "a"),  # first value is warm-up, discarded
+        "b": _counter([0.0, 10.0, 30.0, 20.0], log, "b"),
+        "c": _counter([7.0, 7.0, 7.0, 8.0], log, "c"),
+    }
+    r = interleaved(variants, reps=3, warmup=1)
+    assert log == ["a", "b", "c"] * 4
+    assert r.order == log
+    assert r.samples == {"a": [1.0, 5.0, 3.0], "b": [10.0, 30.0, 20.0], "c": [7.0, 7.0, 8.0]}
+    assert r.medians == {"a": 3.0, "b": 20.0, "c": 7.0}
+    assert r.ratio("b", "a") == pytest.approx(20.0 / 3.0)
+
+
+def test_interleaved_even_count_median_and_bad_args():
+    r = interleaved({"x": _counter([1.0, 2.0, 4.0, 8.0], [], "x")}, reps=4)
+    assert r.medians["x"] == 3.0
+    with pytest.raises(ValueError):
+        interleaved({"x": lambda: 1.0}, reps=0)
+    with pytest.raises(ValueError):
+        interleaved({}, reps=1)
+
+
+def test_within_enters_and_leaves_the_context_around_each_run():
+    events: list[str] = []
+
+    @contextlib.contextmanager
+    def swapped():
+        events.append("in")
+        try:
+            yield
+        finally:
+            events.append("out")
+
+    def run() -> float:
+        events.append("run")
+        return 1.0
+
+    r = interleaved({"dense": lambda: events.append("dense") or 2.0, "sparse": within(swapped, run)}, reps=2)
+    assert events == ["dense", "in", "run", "out"] * 2
+    assert r.medians == {"dense": 2.0, "sparse": 1.0}
+
+
+def test_threads_sets_and_restores():
+    before = torch.get_num_threads()
+    with threads(1) as n:
+        assert n == 1 == torch.get_num_threads()
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with threads(1):
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with threads(None) as n:
+        assert n == before
+
+
+def test_memory_readings():
+    assert rss_mb() > 0
+    assert peak_rss_mb() >= rss_mb() * 0.5  # peak is a high-water mark; statm may count pages differently
+    assert peak_rss_mb() >= 1
+
+
+def test_decode_measurements_on_tiny_model(tiny_llama):
+    model, _ = tiny_llama
+    ids = torch.randint(3, 500, (1, 8), generator=torch.Generator().manual_seed(0))
+    ours = measure_decode(model, ids, 6, reps=2, warmup=1)
+    hf = measure_hf_decode(model, ids, 6, reps=2, warmup=0)
+    for speed in (ours, hf):
+        assert len(speed.samples) == 2 and len(speed.prefill_samples) == 2
+        assert speed.tokens_per_s > 0 and speed.prefill_s > 0
+        assert speed.step_s == pytest.approx(1 / speed.tokens_per_s)
+    static = measure_hf_decode(model, ids, 6, reps=1, warmup=0, cache_implementation="static")
+    assert static.tokens_per_s > 0
+    with pytest.raises(ValueError, match="new_tokens"):
+        measure_decode(model, ids, 1)
+
+
+def test_hf_measurement_forces_all_tokens_despite_eos():
+    model, _ = actlab.load_model("random:tiny-llama")
+    ids = torch.randint(3, 500, (1, 8), generator=torch.Generator().manual_seed(1))
+    first = int(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)[0, -1])
+    model.generation_config.eos_token_id = first  # generate would stop at once without eos disabled
+    assert len(measure_hf_decode(model, ids, 5, reps=1, warmup=0).samples) == 1

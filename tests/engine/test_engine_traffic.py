@@ -1,0 +1,92 @@
+"""Weight bytes per decoded token and the memory-traffic ceiling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import actlab
+from actlab.engine.traffic import (
+    ceiling_seconds,
+    ceiling_speedup,
+    linear_bytes,
+    linear_bytes_by_module,
+    read_bytes,
+)
+
+
+class Toy(nn.Module):
+    """Two linears and a tied head over an embedding: 4*(8*16) + 4*(16*8 + 8) + 4*(32*8) bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(32, 8)
+        self.up = nn.Linear(8, 16, bias=False)
+        self.down = nn.Linear(16, 8)
+        self.head = nn.Linear(8, 32, bias=False)
+        self.head.weight = self.embed.weight  # tied: read once, as the head
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.head
+
+
+UP, DOWN_W, DOWN_B, HEAD = 4 * 8 * 16, 4 * 16 * 8, 4 * 8, 4 * 32 * 8
+
+
+def test_linear_bytes_counts_each_weight_once():
+    toy = Toy()
+    assert linear_bytes_by_module(toy) == {"up": (UP, 0), "down": (DOWN_W, DOWN_B), "head": (HEAD, 0)}
+    assert linear_bytes(toy) == UP + DOWN_W + DOWN_B + HEAD
+
+
+def test_ceiling_all_kept_is_one():
+    toy = Toy()
+    assert ceiling_speedup(toy, {}) == 1.0
+    assert ceiling_speedup(toy, {"up": 1.0, "down": 1.0, "head": 1.0}) == 1.0
+
+
+def test_ceiling_half_of_one_layer_rows_skipped():
+    toy = Toy()
+    total = UP + DOWN_W + DOWN_B + HEAD
+    still = UP + DOWN_W / 2 + DOWN_B + HEAD  # the bias is still read in full
+    assert read_bytes(toy, {"down": 0.5}) == still
+    assert ceiling_speedup(toy, {"down": 0.5}) == pytest.approx(total / still)
+    assert ceiling_seconds(2.0, toy, {"down": 0.5}) == pytest.approx(2.0 * still / total)
+    zero = ceiling_speedup(toy, {"up": 0.0, "down": 0.0, "head": 0.0})
+    assert zero == pytest.approx(total / DOWN_B)
+
+
+def test_ceiling_rejects_unknown_paths_and_bad_fractions():
+    toy = Toy()
+    with pytest.raises(KeyError, match="not a linear"):
+        ceiling_speedup(toy, {"dwon": 0.5})
+    with pytest.raises(KeyError):
+        ceiling_speedup(toy, {"embed": 0.5})  # the tied embedding is counted as the head
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ceiling_speedup(toy, {"down": 1.5})
+
+
+def test_tiny_llama_bytes_match_shapes():
+    model, _ = actlab.load_model("random:tiny-llama")
+    cfg = model.config
+    d, f, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    per_layer = d * d + 2 * kv * d + d * d + 3 * d * f
+    head = cfg.vocab_size * d
+    assert linear_bytes(model) == 4 * (cfg.num_hidden_layers * per_layer + head)
+    sizes = linear_bytes_by_module(model)
+    assert "lm_head" in sizes and "model.embed_tokens" not in sizes
+    assert len(sizes) == 7 * cfg.num_hidden_layers + 1
+
+
+def test_tied_model_counts_head_once():
+    from actlab.models.presets import make_config
+
+    cfg = make_config("tiny-llama")
+    cfg.tie_word_embeddings = True
+    torch.manual_seed(0)
+    import transformers
+
+    model = transformers.LlamaForCausalLM(cfg)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert linear_bytes_by_module(model)["lm_head"] == (4 * cfg.vocab_size * cfg.hidden_size, 0)
