@@ -152,3 +152,14 @@ def test_modules_export():
     assert "actlab.sparse_linear" in str(program.graph)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), sparse(x))
+
+
+def test_kernel_weight_is_an_exact_aligned_copy():
+    w = torch.randn(1024, 1536)  # 6 MiB: large enough for the huge-page layout
+    wt = ops.kernel_weight(w.t())
+    assert torch.equal(wt, w.t()) and wt.is_contiguous()
+    if ops.available():
+        assert wt.data_ptr() % (2 << 20) == 0
+    small = torch.randn(8, 4)
+    copy = ops.kernel_weight(small)
+    assert torch.equal(copy, small) and copy.data_ptr() != small.data_ptr()

@@ -34,6 +34,14 @@ def _threshold_buffer(t: Threshold, n: int, like: Tensor) -> Tensor | None:
     return t
 
 
+def _kernel_layout(w: Tensor) -> Tensor:
+    """w itself if already in kernel layout (contiguous; huge pages when large), else a copy that is."""
+    w = w.detach()
+    if w.is_contiguous() and (w.numel() * w.element_size() < (4 << 20) or w.data_ptr() % (2 << 20) == 0):
+        return w
+    return ops.kernel_weight(w)
+
+
 def _frozen(t: Tensor) -> nn.Parameter:
     return nn.Parameter(t, requires_grad=False)
 
@@ -76,7 +84,7 @@ class SparseLinear(nn.Module):
     ) -> None:
         """Wraps an already transposed ``[in, out]`` weight; most callers want :meth:`from_linear`."""
         super().__init__()
-        self.weight_t = _frozen(weight_t.detach().contiguous())  # [in, out]
+        self.weight_t = _frozen(_kernel_layout(weight_t))  # [in, out]
         self.bias = None if bias is None else _frozen(bias.detach().contiguous())
         self.register_buffer("threshold", _threshold_buffer(threshold, weight_t.shape[0], weight_t))
         self.split_sizes = None if split_sizes is None else tuple(int(s) for s in split_sizes)
@@ -108,7 +116,7 @@ class SparseLinear(nn.Module):
                 ]
             )
         return cls(
-            weight.detach().t().contiguous(),  # [in, out]
+            weight.detach().t(),  # [in, out] view; copied once into kernel layout
             threshold,
             bias,
             split_sizes=None if isinstance(linear, nn.Linear) else [lin.out_features for lin in layers],
@@ -180,9 +188,9 @@ class SparseGatedMLP(nn.Module):
         super().__init__()
         d_model, d_ff = w_gate_t.shape
         self.act = Activation.parse(act)
-        self.w_gate_t = _frozen(w_gate_t.detach().contiguous())  # [d_model, d_ff]
+        self.w_gate_t = _frozen(_kernel_layout(w_gate_t))  # [d_model, d_ff]
         self.w_up = _frozen(w_up.detach().contiguous())  # [d_ff, d_model], row-sparse reads
-        self.w_down_t = _frozen(w_down_t.detach().contiguous())  # [d_ff, d_model]
+        self.w_down_t = _frozen(_kernel_layout(w_down_t))  # [d_ff, d_model]
         for name, b in zip(("b_gate", "b_up", "b_down"), biases, strict=True):
             setattr(self, name, None if b is None else _frozen(b.detach().contiguous()))
         self.register_buffer("t_act", _threshold_buffer(t_act, d_ff, w_up))
@@ -213,9 +221,9 @@ class SparseGatedMLP(nn.Module):
         if gate.weight.shape != up.weight.shape or down.weight.shape != up.weight.t().shape:
             raise ValueError("gate/up must be [d_ff, d_model] and down [d_model, d_ff]")
         return cls(
-            gate.weight.detach().t().contiguous(),
+            gate.weight.detach().t(),  # views: copied once into kernel layout
             up.weight.detach(),
-            down.weight.detach().t().contiguous(),
+            down.weight.detach().t(),
             act,
             t_act,
             t_in,

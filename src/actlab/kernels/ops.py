@@ -36,6 +36,7 @@ __all__ = [
     "Activation",
     "available",
     "isa",
+    "kernel_weight",
     "sparse_gated_mlp",
     "sparse_gated_mlp_reference",
     "sparse_linear",
@@ -82,6 +83,33 @@ def isa() -> str:
     """Instruction-set path the kernels dispatch to (``avx512``, ``avx2``, ``generic``) or ``none``."""
     ext = _extension()
     return ext.get_isa() if ext is not None and available() else "none"
+
+
+_HUGE_PAGE = 2 << 20
+
+
+def kernel_weight(src: Tensor) -> Tensor:
+    """A contiguous copy of ``src`` laid out for the kernels: large CPU weights get 2 MiB-aligned memory
+    advised for transparent huge pages (``madvise``), because the transposed weight is read in row chunks
+    spread over the whole matrix and 4 KiB pages make most of those chunks TLB misses.
+
+    Always returns a new tensor with the values of ``src`` (bit-identical), on any device.
+
+    Example:
+        >>> w = torch.randn(64, 32)
+        >>> torch.equal(kernel_weight(w.t()), w.t())
+        True
+    """
+    ext = _extension()
+    nbytes = src.numel() * src.element_size()
+    if ext is None or src.device.type != "cpu" or nbytes < 2 * _HUGE_PAGE:
+        return src.contiguous().clone() if src.is_contiguous() else src.contiguous()
+    pad = _HUGE_PAGE // src.element_size()
+    buf = torch.empty(src.numel() + pad, dtype=src.dtype)  # untouched until the copy below
+    offset = (-buf.data_ptr()) % _HUGE_PAGE // src.element_size()
+    out = buf[offset : offset + src.numel()].view(src.shape)
+    ext.advise_hugepages(out.data_ptr(), nbytes)
+    return out.copy_(src)
 
 
 def _warn_once(reason: str) -> None:

@@ -9,6 +9,10 @@
 
 #include "sparse_gemv.h"
 
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
+
 static PyObject *raise_status(int status) {
     switch (status) {
     case ACTLAB_ERR_NOMEM: return PyErr_NoMemory();
@@ -88,6 +92,22 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args) {
     return NULL;
 }
 
+/* Asks for transparent huge pages on the 2 MiB-aligned part of [ptr, ptr + nbytes). The transposed
+ * weight is read in short row chunks scattered over the whole matrix, so with 4 KiB pages nearly every
+ * chunk is a TLB miss. Best called before the memory is first written. Returns whether it was applied. */
+static PyObject *py_advise_hugepages(PyObject *self, PyObject *args) {
+    unsigned long long ptr, nbytes;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KK:advise_hugepages", &ptr, &nbytes)) return NULL;
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    const unsigned long long huge = 2ull << 20, begin = (ptr + huge - 1) & ~(huge - 1);
+    const unsigned long long end = (ptr + nbytes) & ~(huge - 1);
+    if (end > begin && madvise((void *)(uintptr_t)begin, (size_t)(end - begin), MADV_HUGEPAGE) == 0)
+        Py_RETURN_TRUE;
+#endif
+    Py_RETURN_FALSE;
+}
+
 static PyObject *py_has_openmp(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -106,6 +126,8 @@ static PyMethodDef methods[] = {
      "t_act, s_act, t_down, s_down, act, y, y_ld, num_threads)"},
     {"get_isa", py_get_isa, METH_NOARGS, "instruction-set path in use: generic, avx2 or avx512"},
     {"set_isa", py_set_isa, METH_VARARGS, "force a path (auto, generic, avx2, avx512); for tests"},
+    {"advise_hugepages", py_advise_hugepages, METH_VARARGS,
+     "advise_hugepages(ptr, nbytes) -> bool: madvise(MADV_HUGEPAGE) on the 2 MiB-aligned interior"},
     {"has_openmp", py_has_openmp, METH_NOARGS, "whether the extension was built with OpenMP"},
     {NULL, NULL, 0, NULL},
 };

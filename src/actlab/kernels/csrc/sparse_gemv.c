@@ -12,8 +12,11 @@
 #include <omp.h>
 #endif
 
-/* Columns per accumulator block: 4 KiB of y stays in L1 while four weight rows stream through it. */
+/* Upper bound on the columns of one accumulator block: 4 KiB of y stays in L1 while the weight rows
+ * stream through it. */
+#ifndef ACTLAB_COL_BLOCK
 #define ACTLAB_COL_BLOCK 1024
+#endif
 
 #define KSUFFIX generic
 #define KTARGET
@@ -144,13 +147,6 @@ float actlab__apply_act(actlab_act act, float v) {
     return v;
 }
 
-/* Column range [begin, end) of thread t of nt, on 16-float (cache line) boundaries so no two threads
- * write the same line of y. */
-static int64_t split_cols(int64_t out, int t, int nt) {
-    if (t >= nt) return out;
-    return (out * t / nt) & ~(int64_t)15;
-}
-
 int actlab__resolve_threads(int num_threads) {
 #ifdef _OPENMP
     return num_threads > 0 ? num_threads : omp_get_max_threads();
@@ -163,11 +159,10 @@ int actlab__resolve_threads(int num_threads) {
 /* Below this many multiply-adds a parallel region costs more than it saves. */
 #define ACTLAB_MIN_PARALLEL_WORK (1 << 15)
 
-/* One thread's share of y = bias + sum_k xv[k] * wt[idx[k], :], optionally followed by act in place. */
-static void cols_slice(const kernel_table *kt, actlab_mat wt, const int32_t *idx, const float *xv,
+/* Block [c0, c1) of y = bias + sum_k xv[k] * wt[idx[k], :], optionally followed by act in place. */
+static void cols_block(const kernel_table *kt, actlab_mat wt, const int32_t *idx, const float *xv,
                        int64_t nk, int B, const float *bias, float *y, int64_t y_ld, int64_t c0,
                        int64_t c1, const actlab_act *act) {
-    if (c1 <= c0) return;
     for (int b = 0; b < B; ++b) {
         float *yb = y + b * y_ld + c0;
         if (bias) memcpy(yb, bias + c0, (size_t)(c1 - c0) * sizeof(float));
@@ -180,22 +175,37 @@ static void cols_slice(const kernel_table *kt, actlab_mat wt, const int32_t *idx
             for (int64_t c = c0; c < c1; ++c) y[b * y_ld + c] = actlab__apply_act(*act, y[b * y_ld + c]);
 }
 
+/*
+ * Block width for out columns on nt threads: the fewest blocks of at most ACTLAB_COL_BLOCK columns,
+ * rounded up to a multiple of nt so threads get equal shares, each a whole number of cache lines so no
+ * two threads write the same line of y.
+ */
+static int64_t block_width(int64_t out, int nt) {
+    int64_t nblocks = (out + ACTLAB_COL_BLOCK - 1) / ACTLAB_COL_BLOCK;
+    nblocks = (nblocks + nt - 1) / nt * nt;
+    return ((out + nblocks - 1) / nblocks + 15) & ~(int64_t)15;
+}
+
 void actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx, const float *xv, int64_t nk,
                      int B, const float *bias, float *y, int64_t y_ld, int num_threads,
                      const actlab_act *act) {
     const int64_t out = wt.cols;
     int nt = actlab__resolve_threads(num_threads);
     if (nt > (out + 63) / 64) nt = (int)((out + 63) / 64);
-    if (nk * out * B < ACTLAB_MIN_PARALLEL_WORK || nt < 2) {
-        cols_slice(kt, wt, idx, xv, nk, B, bias, y, y_ld, 0, out, act);
+    if (nk * out * B < ACTLAB_MIN_PARALLEL_WORK) nt = 1;
+    const int64_t bw = block_width(out, nt);
+    if (nt < 2) {
+        for (int64_t c0 = 0; c0 < out; c0 += bw)
+            cols_block(kt, wt, idx, xv, nk, B, bias, y, y_ld, c0, c0 + bw < out ? c0 + bw : out, act);
         return;
     }
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_get_thread_num(), n = omp_get_num_threads();
-        cols_slice(kt, wt, idx, xv, nk, B, bias, y, y_ld, split_cols(out, t, n), split_cols(out, t + 1, n),
-                   act);
+    /* dynamic: a thread the OS preempts (a busy machine) does not hold up the others' blocks */
+    const int64_t nblocks = (out + bw - 1) / bw;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < nblocks; ++blk) {
+        const int64_t c0 = blk * bw, c1 = c0 + bw < out ? c0 + bw : out;
+        cols_block(kt, wt, idx, xv, nk, B, bias, y, y_ld, c0, c1, act);
     }
 #endif
 }

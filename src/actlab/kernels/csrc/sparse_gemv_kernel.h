@@ -28,59 +28,56 @@ typedef float KV __attribute__((vector_size(KVBYTES)));
 typedef float KVU __attribute__((vector_size(KVBYTES), aligned(4), may_alias));
 
 /*
- * y[c] (+)= sum_k xv[k] * wt[idx[k]*ld + c0 + c] for c in [0, nc), one token.
- * Columns are processed in blocks of ACTLAB_COL_BLOCK so the slice of y being accumulated stays in L1
- * while the weight rows stream past it; four rows are folded into each load/store of the accumulator.
+ * y[c] += sum_k xv[k] * wt[idx[k]*ld + c0 + c] for c in [0, n), one token. The caller keeps n small
+ * enough (one column block) that this slice of y stays in L1 while the weight rows stream past it;
+ * four rows are folded into each load/store of the accumulator.
  */
 KTARGET static void KNAME(cols_b1)(const float *wt, int64_t ld, const int32_t *idx, const float *xv,
-                                   int64_t nk, int64_t c0, int64_t nc, float *y) {
-    for (int64_t cb = 0; cb < nc; cb += ACTLAB_COL_BLOCK) {
-        const int64_t n = nc - cb < ACTLAB_COL_BLOCK ? nc - cb : ACTLAB_COL_BLOCK;
-        const int64_t nv = n / KW * KW;
-        float *acc = y + cb;
-        const float *base = wt + c0 + cb;
-        int64_t k = 0;
-        for (; k + 4 <= nk; k += 4) {
-            const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
-            const float *r2 = base + idx[k + 2] * ld, *r3 = base + idx[k + 3] * ld;
-            /* The next group's rows are not adjacent in memory, so the hardware prefetcher cannot
-             * guess them: fetch them one line per line consumed here. */
-            const int64_t kp = k + 4 + 4 <= nk ? k + 4 : k;
-            const float *p0 = base + idx[kp] * ld, *p1 = base + idx[kp + 1] * ld;
-            const float *p2 = base + idx[kp + 2] * ld, *p3 = base + idx[kp + 3] * ld;
-            const float s0 = xv[k], s1 = xv[k + 1], s2 = xv[k + 2], s3 = xv[k + 3];
-            int64_t c = 0;
-            for (; c + KLINE <= nv; c += KLINE) {
-                __builtin_prefetch(p0 + c, 0, 3);
-                __builtin_prefetch(p1 + c, 0, 3);
-                __builtin_prefetch(p2 + c, 0, 3);
-                __builtin_prefetch(p3 + c, 0, 3);
-                for (int64_t v = c; v < c + KLINE; v += KW) {
-                    KV a = KLOAD(acc + v);
-                    a += s0 * KLOAD(r0 + v);
-                    a += s1 * KLOAD(r1 + v);
-                    a += s2 * KLOAD(r2 + v);
-                    a += s3 * KLOAD(r3 + v);
-                    KSTORE(acc + v, a);
-                }
+                                   int64_t nk, int64_t c0, int64_t n, float *y) {
+    const int64_t nv = n / KW * KW;
+    float *acc = y;
+    const float *base = wt + c0;
+    int64_t k = 0;
+    for (; k + 4 <= nk; k += 4) {
+        const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
+        const float *r2 = base + idx[k + 2] * ld, *r3 = base + idx[k + 3] * ld;
+        /* The next group's rows are not adjacent in memory, so the hardware prefetcher cannot
+         * guess them: fetch them one line per line consumed here. */
+        const int64_t kp = k + 4 + 4 <= nk ? k + 4 : k;
+        const float *p0 = base + idx[kp] * ld, *p1 = base + idx[kp + 1] * ld;
+        const float *p2 = base + idx[kp + 2] * ld, *p3 = base + idx[kp + 3] * ld;
+        const float s0 = xv[k], s1 = xv[k + 1], s2 = xv[k + 2], s3 = xv[k + 3];
+        int64_t c = 0;
+        for (; c + KLINE <= nv; c += KLINE) {
+            __builtin_prefetch(p0 + c, 0, 3);
+            __builtin_prefetch(p1 + c, 0, 3);
+            __builtin_prefetch(p2 + c, 0, 3);
+            __builtin_prefetch(p3 + c, 0, 3);
+            for (int64_t v = c; v < c + KLINE; v += KW) {
+                KV a = KLOAD(acc + v);
+                a += s0 * KLOAD(r0 + v);
+                a += s1 * KLOAD(r1 + v);
+                a += s2 * KLOAD(r2 + v);
+                a += s3 * KLOAD(r3 + v);
+                KSTORE(acc + v, a);
             }
-            for (; c < nv; c += KW) {
-                KV a = KLOAD(acc + c);
-                a += s0 * KLOAD(r0 + c);
-                a += s1 * KLOAD(r1 + c);
-                a += s2 * KLOAD(r2 + c);
-                a += s3 * KLOAD(r3 + c);
-                KSTORE(acc + c, a);
-            }
-            for (; c < n; ++c) acc[c] += s0 * r0[c] + s1 * r1[c] + s2 * r2[c] + s3 * r3[c];
         }
-        for (; k < nk; ++k) {
-            const float *r0 = base + idx[k] * ld;
-            const float s0 = xv[k];
-            int64_t c = 0;
-            for (; c < nv; c += KW) KSTORE(acc + c, KLOAD(acc + c) + s0 * KLOAD(r0 + c));
-            for (; c < n; ++c) acc[c] += s0 * r0[c];
+        for (; c < nv; c += KW) {
+            KV a = KLOAD(acc + c);
+            a += s0 * KLOAD(r0 + c);
+            a += s1 * KLOAD(r1 + c);
+            a += s2 * KLOAD(r2 + c);
+            a += s3 * KLOAD(r3 + c);
+            KSTORE(acc + c, a);
         }
+        for (; c < n; ++c) acc[c] += s0 * r0[c] + s1 * r1[c] + s2 * r2[c] + s3 * r3[c];
+    }
+    for (; k < nk; ++k) {
+        const float *r0 = base + idx[k] * ld;
+        const float s0 = xv[k];
+        int64_t c = 0;
+        for (; c < nv; c += KW) KSTORE(acc + c, KLOAD(acc + c) + s0 * KLOAD(r0 + c));
+        for (; c < n; ++c) acc[c] += s0 * r0[c];
     }
 }
 
@@ -89,46 +86,43 @@ KTARGET static void KNAME(cols_b1)(const float *wt, int64_t ld, const int32_t *i
  * used by all B tokens, so the weight traffic is that of one token.
  */
 KTARGET static void KNAME(cols_bn)(const float *wt, int64_t ld, const int32_t *idx, const float *xv,
-                                   int64_t nk, int B, int64_t c0, int64_t nc, float *y, int64_t y_ld) {
-    for (int64_t cb = 0; cb < nc; cb += ACTLAB_COL_BLOCK) {
-        const int64_t n = nc - cb < ACTLAB_COL_BLOCK ? nc - cb : ACTLAB_COL_BLOCK;
-        const int64_t nv = n / KW * KW;
-        const float *base = wt + c0 + cb;
-        int64_t k = 0;
-        for (; k + 2 <= nk; k += 2) {
-            const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
-            const int64_t kp = k + 2 + 2 <= nk ? k + 2 : k;
-            const float *p0 = base + idx[kp] * ld, *p1 = base + idx[kp + 1] * ld;
-            const float *s0 = xv + k * B, *s1 = xv + (k + 1) * B;
-            int64_t c = 0;
-            for (; c < nv; c += KW) {
-                if ((c & (KLINE - 1)) == 0) {
-                    __builtin_prefetch(p0 + c, 0, 3);
-                    __builtin_prefetch(p1 + c, 0, 3);
-                }
-                const KV w0 = KLOAD(r0 + c), w1 = KLOAD(r1 + c);
-                for (int b = 0; b < B; ++b) {
-                    float *acc = y + b * y_ld + cb + c;
-                    KSTORE(acc, KLOAD(acc) + s0[b] * w0 + s1[b] * w1);
-                }
+                                   int64_t nk, int B, int64_t c0, int64_t n, float *y, int64_t y_ld) {
+    const int64_t nv = n / KW * KW;
+    const float *base = wt + c0;
+    int64_t k = 0;
+    for (; k + 2 <= nk; k += 2) {
+        const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
+        const int64_t kp = k + 2 + 2 <= nk ? k + 2 : k;
+        const float *p0 = base + idx[kp] * ld, *p1 = base + idx[kp + 1] * ld;
+        const float *s0 = xv + k * B, *s1 = xv + (k + 1) * B;
+        int64_t c = 0;
+        for (; c < nv; c += KW) {
+            if ((c & (KLINE - 1)) == 0) {
+                __builtin_prefetch(p0 + c, 0, 3);
+                __builtin_prefetch(p1 + c, 0, 3);
             }
-            for (; c < n; ++c)
-                for (int b = 0; b < B; ++b) y[b * y_ld + cb + c] += s0[b] * r0[c] + s1[b] * r1[c];
-        }
-        for (; k < nk; ++k) {
-            const float *r0 = base + idx[k] * ld;
-            const float *s0 = xv + k * B;
-            int64_t c = 0;
-            for (; c < nv; c += KW) {
-                const KV w0 = KLOAD(r0 + c);
-                for (int b = 0; b < B; ++b) {
-                    float *acc = y + b * y_ld + cb + c;
-                    KSTORE(acc, KLOAD(acc) + s0[b] * w0);
-                }
+            const KV w0 = KLOAD(r0 + c), w1 = KLOAD(r1 + c);
+            for (int b = 0; b < B; ++b) {
+                float *acc = y + b * y_ld + c;
+                KSTORE(acc, KLOAD(acc) + s0[b] * w0 + s1[b] * w1);
             }
-            for (; c < n; ++c)
-                for (int b = 0; b < B; ++b) y[b * y_ld + cb + c] += s0[b] * r0[c];
         }
+        for (; c < n; ++c)
+            for (int b = 0; b < B; ++b) y[b * y_ld + c] += s0[b] * r0[c] + s1[b] * r1[c];
+    }
+    for (; k < nk; ++k) {
+        const float *r0 = base + idx[k] * ld;
+        const float *s0 = xv + k * B;
+        int64_t c = 0;
+        for (; c < nv; c += KW) {
+            const KV w0 = KLOAD(r0 + c);
+            for (int b = 0; b < B; ++b) {
+                float *acc = y + b * y_ld + c;
+                KSTORE(acc, KLOAD(acc) + s0[b] * w0);
+            }
+        }
+        for (; c < n; ++c)
+            for (int b = 0; b < B; ++b) y[b * y_ld + c] += s0[b] * r0[c];
     }
 }
 

@@ -1,0 +1,202 @@
+"""Sparse-input GEMV speed: dense torch vs actlab's kernel, interleaved in one run.
+
+For each weight shape (out x in, as ``nn.Linear`` stores it) and sparsity s, x ~ N(0, 1) and the threshold
+is placed so that exactly floor(s * in) inputs are masked. Each repetition times ``F.linear(x, W)`` and
+``ops.sparse_linear(x, W^T, t)`` back to back (alternating which goes first); the table reports medians
+after warm-up, the speedup, and the memory-traffic ceiling 1 / (1 - s). Weights rotate through enough
+copies that every call streams them from DRAM, as one decode step through a whole model does (``--warm``
+keeps one copy, so small shapes then run from cache).
+
+Example:
+    python benchmarks/kernel_speed.py --threads 2
+    python benchmarks/kernel_speed.py --shapes 4096x11008 --sparsity 0 50 --batch 4 --json out.json
+    python benchmarks/kernel_speed.py --mlp 4096x11008   # fused gated MLP vs three dense GEMVs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from actlab.kernels import ops
+from actlab.kernels.linear import SparseGatedMLP, SparseLinear
+
+SHAPES = ["576x1536", "1536x576", "2048x8192", "8192x2048", "4096x11008", "11008x4096"]
+SPARSITIES = [0, 25, 50, 70, 90]
+COLD_BYTES = 96 << 20  # 3x a 32 MiB L3: rotating through this much defeats the cache
+
+
+def _copies(nbytes: int, warm: bool) -> int:
+    return 1 if warm else max(1, math.ceil(COLD_BYTES / nbytes))
+
+
+def _threshold_masking(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """A scalar threshold masking exactly floor(fraction * n) of the |x| values (midpoint of a gap)."""
+    v = x.abs().flatten().sort().values
+    k = int(fraction * v.numel())
+    if k == 0:
+        return torch.tensor(-1.0)
+    if k >= v.numel():
+        return v[-1] + 1.0
+    return (v[k - 1] + v[k]) / 2
+
+
+def _interleaved(fns: list[Callable[[int], object]], reps: int, warmup: int) -> list[float]:
+    """Median seconds per call of each fn(rep), run back to back each repetition, order alternating."""
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(warmup + reps):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t0 = time.perf_counter()
+            fns[i](r)
+            dt = time.perf_counter() - t0
+            if r >= warmup:
+                times[i].append(dt)
+    return [statistics.median(t) for t in times]
+
+
+def bench_linear(shape: str, sparsities: list[float], batch: int, args: argparse.Namespace) -> list[dict]:
+    n_out, n_in = (int(v) for v in shape.split("x"))
+    n = _copies(n_out * n_in * 4, args.warm)
+    weights = [torch.randn(n_out, n_in) for _ in range(n)]  # [out, in], as nn.Linear stores it
+    weights_t = [w.t().contiguous() for w in weights]  # [in, out], what the kernel reads
+    rows = []
+    for s in sparsities:
+        x = torch.randn(batch, n_in)
+        t = _threshold_masking(x, s / 100)
+        kept = ((x.abs() > t).any(0).float().mean()).item()  # union over the batch
+        y_dense, y_sparse = F.linear(x, weights[0]), ops.sparse_linear(x, weights_t[0], t)
+        err = (y_dense - y_sparse).abs().max().item() if s == 0 else float("nan")
+        dense_s, sparse_s = _interleaved(
+            [
+                lambda r, x=x: F.linear(x, weights[r % n]),
+                lambda r, x=x, t=t: ops.sparse_linear(x, weights_t[r % n], t),
+            ],
+            args.reps,
+            args.warmup,
+        )
+        rows.append(
+            {
+                "shape": shape, "batch": batch, "sparsity": s, "kept": kept,
+                "dense_us": dense_s * 1e6, "sparse_us": sparse_s * 1e6, "speedup": dense_s / sparse_s,
+                "ceiling": 1 / kept if kept > 0 else math.inf, "max_abs_err_vs_dense": err,
+            }
+        )  # fmt: skip
+        print(_row(rows[-1]), flush=True)
+    return rows
+
+
+def bench_mlp(shape: str, sparsities: list[float], args: argparse.Namespace) -> list[dict]:
+    """Gated MLP (d_model x d_ff): three dense GEMVs vs the fused CATS kernel at act-sparsity s."""
+    d_model, d_ff = (int(v) for v in shape.split("x"))
+    gate, up, down = (
+        torch.nn.Linear(a, b, bias=False) for a, b in ((d_model, d_ff),) * 2 + ((d_ff, d_model),)
+    )
+    x = torch.randn(1, d_model)
+    rows = []
+    with torch.no_grad():
+        a = F.silu(gate(x))
+
+        def dense(_: int) -> torch.Tensor:
+            return down(F.silu(gate(x)) * up(x))
+
+        for s in sparsities:
+            mlp = SparseGatedMLP.from_linears(gate, up, down, "silu", t_act=_threshold_masking(a, s / 100))
+            dense_s, sparse_s = _interleaved([dense, lambda _, mlp=mlp: mlp(x)], args.reps, args.warmup)
+            read = (1 + 2 * (1 - s / 100)) / 3  # gate always read, up and down only for kept neurons
+            rows.append(
+                {
+                    "shape": f"mlp {shape}", "batch": 1, "sparsity": s, "kept": read,
+                    "dense_us": dense_s * 1e6, "sparse_us": sparse_s * 1e6, "speedup": dense_s / sparse_s,
+                    "ceiling": 1 / read, "max_abs_err_vs_dense": float("nan"),
+                }
+            )  # fmt: skip
+            print(_row(rows[-1]), flush=True)
+    return rows
+
+
+def dispatcher_overhead(args: argparse.Namespace) -> dict:
+    """Microseconds per call of each entry point on a small, cache-resident layer (576x1536, 50%)."""
+    lin = torch.nn.Linear(1536, 576, bias=False)
+    mod = SparseLinear.from_linear(lin, 0.6745)
+    x, wt, t = torch.randn(1, 1536), mod.weight_t, mod.threshold
+    y = torch.empty(1, 576)
+    ext = ops._extension()
+
+    def raw(_: int) -> None:
+        ext.sparse_linear(
+            x.data_ptr(), 1, 1536, 1536, wt.data_ptr(), 576, 576, t.data_ptr(), 0, 0, y.data_ptr(), 576,
+            torch.get_num_threads(),
+        )  # fmt: skip
+
+    fns = {
+        "raw extension call": raw,
+        "ops.sparse_linear (direct)": lambda _: ops.sparse_linear(x, wt, t),
+        "torch.ops.actlab.sparse_linear (dispatcher)": lambda _: torch.ops.actlab.sparse_linear(
+            x, wt, t, None
+        ),
+        "SparseLinear module": lambda _: mod(x),
+    }
+    with torch.no_grad():
+        times = _interleaved(list(fns.values()), reps=max(args.reps * 20, 500), warmup=50)
+    return {name: t * 1e6 for name, t in zip(fns, times, strict=True)}
+
+
+def _row(r: dict) -> str:
+    ceiling = "inf" if math.isinf(r["ceiling"]) else f"{r['ceiling']:.2f}x"
+    return (
+        f"| {r['shape']} | {r['batch']} | {r['sparsity']}% | {r['dense_us']:.1f} | {r['sparse_us']:.1f} "
+        f"| {r['speedup']:.2f}x | {ceiling} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=2, help="torch and kernel threads (default 2)")
+    parser.add_argument("--shapes", nargs="*", default=SHAPES, help="out x in, e.g. 4096x11008")
+    parser.add_argument("--sparsity", nargs="*", type=float, default=SPARSITIES, help="percent masked")
+    parser.add_argument("--batch", type=int, default=1, help="tokens per call (<= 8 uses the kernel)")
+    parser.add_argument("--mlp", nargs="*", default=[], help="also time the gated MLP, d_model x d_ff")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warm", action="store_true", help="one weight copy (cache-resident small shapes)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    if not ops.available():
+        print("WARNING: compiled kernels unavailable; timing the pure-PyTorch fallback")
+    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, isa {ops.isa()}"
+    print(
+        f"threads={args.threads} batch={args.batch} fp32 cache={'warm' if args.warm else 'cold'}; {machine}\n"
+    )
+    print("| shape (out x in) | batch | sparsity | dense torch us | actlab us | speedup | ceiling 1/(1-s) |")
+    print("|---|---|---|---|---|---|---|")
+    rows = [r for shape in args.shapes for r in bench_linear(shape, args.sparsity, args.batch, args)]
+    rows += [r for shape in args.mlp for r in bench_mlp(shape, args.sparsity, args)]
+    overhead = dispatcher_overhead(args) if ops.available() else {}
+    print("\nper-call time, 576x1536 at 50% (us):")
+    for name, us in overhead.items():
+        print(f"  {name:<45} {us:8.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(
+                {"threads": args.threads, "machine": machine, "rows": rows, "overhead_us": overhead},
+                f,
+                indent=1,
+            )
+
+
+if __name__ == "__main__":
+    main()
