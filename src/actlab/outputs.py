@@ -35,6 +35,8 @@ def check_writable(out: str | os.PathLike) -> Path:
     if out.exists() and not out.is_dir():
         raise OutputError(f"--out {out} exists and is not a directory: choose a directory path")
     probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe.is_dir():
+        raise OutputError(f"--out {out} cannot be created: {probe} is a file, not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"--out {out} is not writable ({probe} denies writing): choose another directory")
     return out

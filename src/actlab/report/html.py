@@ -63,7 +63,7 @@ def _site_kind_summary(profile: dict) -> str:
             + [sum(s["density"][e] for s in ss) / n for e in eps_keys]
             + [sum(s["kurtosis"] for s in ss) / n, max(s["absmax"] for s in ss)]
         )
-    header = ["site", "layers"] + [f"density |x|>{float(e):g}" for e in eps_keys] + ["mean kurtosis", "max |x|"]
+    header = ["site", "layers"] + [f"density |x|>{float(e):.3g}" for e in eps_keys] + ["mean kurtosis", "max |x|"]
     return _table(header, rows)
 
 
@@ -100,7 +100,7 @@ def _neuron_table(profile: dict) -> str:
     cfg = profile["stats_config"]
     first = next(iter(profile["neurons"].values()), {"eps": 0, "top_frac": cfg.get("top_frac", 0.2)})
     return f"<p>A neuron is active on a token when |x| &gt; {first['eps']:g}.</p>" + _table(
-        ["site", "neurons", "dead", f"cold (&lt;{cfg['cold_freq']:g})", f"hot (&gt;{cfg['hot_freq']:g})",
+        ["site", "neurons", "dead", f"cold (<{cfg['cold_freq']:g})", f"hot (>{cfg['hot_freq']:g})",
          f"share of activations in top {first['top_frac']:.0%}"],
         rows,
     )
