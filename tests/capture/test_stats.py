@@ -338,3 +338,12 @@ def test_inference_mode_and_autograd_inputs() -> None:
     with torch.inference_mode():
         s.update(torch.randn(5, 6))
     assert s.summary()["tokens"] == 15
+
+
+def test_token_stride_uses_every_nth_token() -> None:
+    x = make("heavy", 40, 5)
+    s = SiteStats(5, StatsConfig(token_stride=3))
+    s.update(x.view(4, 10, 5))
+    ref = SiteStats(5, CFG)
+    ref.update(x[::3])
+    assert_summaries_close(s.summary(), ref.summary())

@@ -14,6 +14,8 @@ What is exact and what is estimated:
   ``(hi/lo)**(1/bins)``, 12 % with the defaults).
 * top-k mass and the CETT curve: estimates on at most ``sample_rows`` evenly strided tokens per update
   (sorting every token would cost more than the forward pass). Merging sums the samples.
+* ``token_stride > 1`` (default 1) turns everything into an estimate on every n-th token, for when
+  profiling must be cheaper still.
 
 NaN is counted (``nan``) and excluded everywhere else; ±inf is counted (``inf``), excluded from moments and
 absmax, and counted as ``|x| > eps`` (histogram overflow). Densities and quantiles are over non-NaN elements.
@@ -63,6 +65,7 @@ class StatsConfig:
     top_channels: int = 8  # channels listed by absmax in the summary
     topk_fracs: tuple[float, ...] = (0.01, 0.1, 0.3, 0.5)  # top-k mass, k = max(1, round(frac * d))
     sample_rows: int = 32  # tokens per update used by top-k mass and CETT (evenly strided)
+    token_stride: int = 1  # use every token_stride-th token of each update for everything (1 = all: exact)
     cett_lo: float = 1e-4  # absolute CETT thresholds t: log-spaced cett_lo..cett_hi, cett_points points
     cett_hi: float = 1e2
     cett_points: int = 25
@@ -81,8 +84,10 @@ class StatsConfig:
             raise ValueError(f"eps_grid values {bad} lie outside the histogram range [hist_lo, hist_hi]")
         if not all(0 < f <= 1 for f in self.topk_fracs) or not all(0 <= q <= 1 for q in self.quantiles):
             raise ValueError("topk_fracs must be in (0, 1] and quantiles in [0, 1]")
-        if self.sample_rows < 1 or self.cett_points < 2 or not 0 < self.cett_lo < self.cett_hi:
-            raise ValueError("need sample_rows >= 1, cett_points >= 2 and 0 < cett_lo < cett_hi")
+        if self.sample_rows < 1 or self.token_stride < 1 or self.cett_points < 2:
+            raise ValueError("need sample_rows >= 1, token_stride >= 1 and cett_points >= 2")
+        if not 0 < self.cett_lo < self.cett_hi or not all(0 < v <= 1 for v in (self.top_frac, self.hot_freq)):
+            raise ValueError("need 0 < cett_lo < cett_hi, 0 < top_frac <= 1 and 0 < hot_freq <= 1")
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -165,6 +170,8 @@ class SiteStats:
         if x.shape[-1] != self.dim:
             raise ValueError(f"expected last dimension {self.dim}, got shape {tuple(x.shape)}")
         x = x.detach().reshape(-1, self.dim)  # [N, d]
+        if self.config.token_stride > 1:
+            x = x[:: self.config.token_stride]
         if x.dtype not in (torch.float32, torch.float64):
             x = x.float()
         n = x.shape[0]
