@@ -23,6 +23,23 @@ _EXPORTS: dict[str, str] = {
     "resolve_sites": "actlab.activations.sites",
     "capture": "actlab.activations.hooks",
     "load_corpus": "actlab.data.corpus",
+    "sparsify_": "actlab.sparsity.calibrate",
+    "calibrate": "actlab.sparsity.calibrate",
+    "prepare": "actlab.sparsity.calibrate",
+    "apply_": "actlab.sparsity.apply",
+    "remove_": "actlab.sparsity.apply",
+    "check_plan": "actlab.sparsity.apply",
+    "SparsityPlan": "actlab.sparsity.plan",
+    "PlanEntry": "actlab.sparsity.plan",
+    "PlanError": "actlab.sparsity.errors",
+    "search_quality": "actlab.sparsity.search",
+    "evaluate_plan": "actlab.eval.sparse",
+    "TealConfig": "actlab.sparsity.config",
+    "WinaConfig": "actlab.sparsity.config",
+    "ChessConfig": "actlab.sparsity.config",
+    "CatsConfig": "actlab.sparsity.config",
+    "TopKConfig": "actlab.sparsity.config",
+    "CettConfig": "actlab.sparsity.config",
 }
 
 

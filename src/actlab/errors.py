@@ -16,6 +16,7 @@ _USER_ERRORS: list[tuple[str, str]] = [
     ("actlab.data.corpus", "CorpusError"),
     ("actlab.data.windows", "WindowError"),
     ("actlab.outputs", "OutputError"),
+    ("actlab.sparsity.errors", "PlanError"),
 ]
 
 

@@ -22,6 +22,9 @@ app = typer.Typer(
 _COMMANDS: list[tuple[str, str]] = [
     ("env", "env"),
     ("profile", "profile"),
+    ("calibrate", "calibrate"),
+    ("eval", "eval"),
+    ("generate", "generate"),
 ]
 
 for _module, _func in _COMMANDS:

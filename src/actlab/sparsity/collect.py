@@ -1,0 +1,172 @@
+"""One dense pass over the calibration windows, keeping what calibration needs in bounded memory.
+
+* per site: ``x`` of a fixed random subset of tokens (rows), enough for exact quantiles of any score
+  ``|x_i| * w_i`` and for the output error a mask causes (at most ``max_values`` numbers per site,
+  whatever the corpus size);
+* per layer (optional): the sum of ``up_i**2`` over *every* token (CHESS's ``RMS(up_i)``);
+* per layer (optional): the decoder layer's own inputs on the first ``block_tokens`` tokens, so the greedy
+  allocation can rerun one block at a time without running the model again.
+
+Why rows and not a histogram: thresholds must put calibration sparsity within a fraction of a point of the
+target, and per-channel weighted scores (WINA, CHESS, CETT) need the channel of every value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from actlab.activations.hooks import capture
+from actlab.activations.sites import resolve_sites, select_sites
+from actlab.models.adapters import get_adapter
+
+
+@dataclass
+class BlockInputs:
+    """A decoder layer's call arguments for a few calibration batches: ``layer(*args, **kwargs)`` replays it."""
+
+    calls: list[tuple[tuple, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass
+class CalibrationSample:
+    """What :func:`collect` keeps.
+
+    Attributes:
+        rows: site name -> ``x`` of the sampled tokens, ``[rows, width]`` float32 on CPU.
+        up_sq_sum: layer -> ``sum over tokens of up_i**2`` ``[d_ff]`` (CHESS), when asked for.
+        tokens: calibration tokens seen.
+        blocks: layer -> its recorded inputs (greedy allocation), when asked for.
+    """
+
+    rows: dict[str, torch.Tensor]
+    up_sq_sum: dict[int, torch.Tensor]
+    tokens: int
+    blocks: dict[int, BlockInputs]
+
+
+def _row_choice(n_tokens: int, n_rows: int, seed: int) -> torch.Tensor:
+    """Sorted indices of ``n_rows`` distinct tokens among ``n_tokens`` (all of them if fewer)."""
+    if n_rows >= n_tokens:
+        return torch.arange(n_tokens)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_tokens, generator=g)[:n_rows].sort().values
+
+
+@contextmanager
+def _layer_input_recorder(model: nn.Module, n_batches: int, blocks: dict[int, BlockInputs]) -> Iterator[None]:
+    """Record each decoder layer's (args, kwargs) on the first ``n_batches`` forwards."""
+    layers = model.get_submodule(get_adapter(model).layers)
+    handles = []
+
+    def make(i: int):
+        blocks[i] = BlockInputs()
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if len(blocks[i].calls) < n_batches:
+                args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
+                # the KV cache must not be replayed: each replay would append to it
+                kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+                blocks[i].calls.append((args, kw))
+
+        return hook
+
+    try:
+        for i, layer in enumerate(layers):
+            handles.append(layer.register_forward_pre_hook(make(i), with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _up_recorder(model: nn.Module, sums: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Accumulate ``sum(up_i**2)`` per layer from the up projection's output."""
+    ad = get_adapter(model)
+    handles = []
+
+    def make(i: int):
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            u = out.detach().float().reshape(-1, out.shape[-1])  # [tokens, d_ff]
+            sums[i] = sums.get(i, 0) + (u * u).sum(0)
+
+        return hook
+
+    try:
+        for site in resolve_sites(model, "mlp.act_out").values():
+            prefix = site.module_paths[0][: -len(ad.act) - 1]
+            up = model.get_submodule(f"{prefix}.{ad.mlp_in[-1]}")
+            handles.append(up.register_forward_hook(make(site.layer)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def collect(
+    model: nn.Module,
+    windows: torch.Tensor,
+    sites: list[str],
+    *,
+    max_values: int = 1 << 18,
+    up_moments: bool = False,
+    block_tokens: int = 0,
+    batch_size: int = 4,
+    seed: int = 0,
+    progress: Any = None,
+) -> CalibrationSample:
+    """Run ``model`` densely over ``windows`` ([n, seq_len] token ids) and keep a bounded sample.
+
+    Args:
+        sites: canonical site names to sample ``x`` at.
+        max_values: per-site sample size bound (rows = ``max_values // width``, at least 64).
+        up_moments: also accumulate ``sum(up**2)`` per layer (CHESS).
+        block_tokens: also record every decoder layer's inputs on about this many tokens (greedy).
+        progress: optional callable ``progress(done_windows, total_windows)``.
+    """
+    n, seq_len = windows.shape
+    device = next(model.parameters()).device
+    resolved = select_sites(resolve_sites(model), sites) if sites else {}
+    choice: dict[int, torch.Tensor] = {}
+    rows: dict[str, list[torch.Tensor]] = {s: [] for s in resolved}
+    offset = 0
+
+    def grab(site: Any, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1, x.shape[-1])  # [batch*seq, width]
+        width = flat.shape[-1]
+        if width not in choice:
+            choice[width] = _row_choice(n * seq_len, max(64, max_values // width), seed)
+        idx = choice[width]
+        local = idx[(idx >= offset) & (idx < offset + flat.shape[0])] - offset
+        rows[site.name].append(flat[local.to(flat.device)].float().cpu())
+
+    up_sums: dict[int, torch.Tensor] = {}
+    blocks: dict[int, BlockInputs] = {}
+    n_block_batches = -(-block_tokens // (batch_size * seq_len)) if block_tokens > 0 else 0
+    with capture(model, sites=resolved, fn=grab) if resolved else _nothing():
+        with _up_recorder(model, up_sums) if up_moments else _nothing():
+            with _layer_input_recorder(model, n_block_batches, blocks) if n_block_batches else _nothing():
+                for b in range(0, n, batch_size):
+                    batch = windows[b : b + batch_size].to(device)
+                    model(batch, use_cache=False)
+                    offset += batch.numel()
+                    if progress is not None:
+                        progress(min(b + batch_size, n), n)
+    return CalibrationSample(
+        rows={s: torch.cat(r) for s, r in rows.items()},
+        up_sq_sum={i: s.cpu() for i, s in up_sums.items()},
+        tokens=n * seq_len,
+        blocks=blocks,
+    )
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield

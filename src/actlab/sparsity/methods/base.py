@@ -1,0 +1,235 @@
+"""The method registry and the machinery every threshold method shares.
+
+A method handler is a class registered for one config class. Constructing it does the expensive work once
+(one dense pass over the calibration windows; a greedy path, a Fisher pass where the allocation needs it);
+:meth:`Method.plan` then returns a plan at any value of the config's knob, cheaply. That is what lets a
+quality search try many sparsities without recalibrating.
+
+A threshold method only says which groups it thresholds, how it weights channels (``|x_i| * w_i``) and how
+the model-wide target maps to group levels; scores, quantiles, entries and metrics are shared here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from actlab.models.adapters import linear_weight
+from actlab.sparsity.allocate import GreedyPath, damage_curve, global_allocation, greedy_block
+from actlab.sparsity.collect import CalibrationSample, collect
+from actlab.sparsity.config import SparsityConfig
+from actlab.sparsity.errors import PlanError
+from actlab.sparsity.fingerprint import model_fingerprint
+from actlab.sparsity.fisher import output_fisher
+from actlab.sparsity.groups import Group, group_params, layer_groups
+from actlab.sparsity.metrics import linear_sizes, plan_metrics
+from actlab.sparsity.plan import PlanEntry, SparsityPlan
+from actlab.sparsity.scores import QuantileTable, channel_thresholds, sparsity_of
+
+#: method name -> handler class
+HANDLERS: dict[str, type[Method]] = {}
+
+Progress = Callable[[str, int, int], None]
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: ``cls`` handles configs of ``cls.config_cls``."""
+    HANDLERS[cls.config_cls.method] = cls
+    return cls
+
+
+def handler_for(config: SparsityConfig) -> type[Method]:
+    from actlab.sparsity import methods  # noqa: F401  (registers the built-in handlers)
+
+    try:
+        return HANDLERS[config.method]
+    except KeyError:
+        raise PlanError(f"no handler registered for method {config.method!r}") from None
+
+
+class Method:
+    """Calibrated state of one method on one model."""
+
+    config_cls: ClassVar[type[SparsityConfig]]
+
+    def __init__(
+        self, model: nn.Module, config: SparsityConfig, windows: torch.Tensor | None, progress: Progress | None = None
+    ) -> None:
+        if not isinstance(config, self.config_cls):
+            raise PlanError(f"{type(self).__name__} handles {self.config_cls.__name__}, got {type(config).__name__}")
+        self.model, self.config, self.progress = model, config, progress
+        self.fingerprint = model_fingerprint(model)
+        self.sizes = linear_sizes(model)
+        self.calibration: dict[str, Any] = {}
+        if windows is not None:
+            self.calibration = {"tokens": int(windows.numel()), "windows": int(windows.shape[0]),
+                                "seq_len": int(windows.shape[1])}
+
+    def entries(self, knob: float) -> list[PlanEntry]:
+        raise NotImplementedError
+
+    def extra(self) -> dict[str, Any]:
+        return {}
+
+    def max_knob(self) -> float:
+        """Largest knob value the method can reach (the top of a quality search)."""
+        return 0.99
+
+    def plan(self, knob: float | None = None) -> SparsityPlan:
+        """The plan at ``knob`` (default: the config's own value)."""
+        config = self.config if knob is None else self.config.with_knob(knob)
+        entries = self.entries(config.knob_value())
+        metrics = plan_metrics(self.model, [(e.consumers, e.sparsity, e.site) for e in entries])
+        return SparsityPlan(config, self.fingerprint, entries, metrics, dict(self.calibration), self.extra())
+
+    def _report(self, stage: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(stage, done, total)
+
+
+class ThresholdMethod(Method):
+    """Scores ``|x_i| * w_i`` per group, thresholds from calibration quantiles, pluggable allocation."""
+
+    #: site kinds thresholded (input groups)
+    kinds: ClassVar[tuple[str, ...]] = ("attn.qkv_in", "attn.o_in", "mlp.gate_up_in", "mlp.in", "mlp.down_in")
+
+    def __init__(self, model, config, windows, progress=None) -> None:
+        super().__init__(model, config, windows, progress)
+        if windows is None:
+            raise PlanError(f"{config.method} needs calibration windows")
+        self.allocation = getattr(config, "allocation", "uniform")
+        self.groups = self.make_groups(split=self.allocation == "greedy")
+        self.params = {g.name: group_params(model, g) for g in self.groups}
+        self.sample = self.collect(windows)
+        self.weights = {g.name: self.channel_weights(g) for g in self.groups}
+        self.tables = {g.name: QuantileTable.from_scores(self._scores(g)) for g in self.groups}
+        self.path: GreedyPath | None = self._greedy() if self.allocation == "greedy" else None
+        self.curves: dict[str, torch.Tensor] | None = None
+        if self.allocation == "global":
+            self.curves = self._damage_curves(windows)
+
+    # -- what a method defines -------------------------------------------------------------------------
+    def make_groups(self, split: bool) -> list[Group]:
+        return layer_groups(self.model, self.kinds, split=split)
+
+    def channel_weights(self, group: Group) -> torch.Tensor | None:
+        """Per-channel score weights ``w`` (``None`` = 1: plain magnitude)."""
+        return None
+
+    def sample_sites(self) -> list[str]:
+        """Sites whose rows calibration keeps (the global allocation also needs each act group's ``h``)."""
+        sites = {g.site for g in self.groups}
+        if self.allocation == "global":
+            sites |= {f"layers.{g.layer}.mlp.down_in" for g in self.groups if g.kind == "act"}
+        return sorted(sites)
+
+    def collect(self, windows: torch.Tensor, up_moments: bool = False) -> CalibrationSample:
+        tokens = getattr(self.config, "greedy_tokens", 0) if self.allocation == "greedy" else 0
+        return collect(
+            self.model, windows, self.sample_sites(), block_tokens=tokens, up_moments=up_moments,
+            progress=lambda d, t: self._report("calibration pass", d, t),
+        )
+
+    def levels(self, knob: float) -> dict[str, float]:
+        """Group levels for the model-wide target ``knob``."""
+        if self.path is not None:
+            return self.path.levels_at(knob)
+        level = knob * sum(self.sizes.values()) / sum(self.params.values())
+        if self.curves is not None and level < 0.99:
+            return global_allocation(self.curves, self.params, level)
+        if level >= 1.0 or (self.curves is not None and level >= 0.99):
+            covered = sum(self.params.values()) / sum(self.sizes.values())
+            raise PlanError(
+                f"{self.config.method} sparsifies {covered:.0%} of the linear weights, so it cannot reach "
+                f"{knob:.0%} model-wide; ask for less than {covered:.0%}"
+            )
+        return {g.name: level for g in self.groups}
+
+    def max_knob(self) -> float:
+        if self.path is not None:
+            return min(steps[-1][0] for steps in self.path.steps.values())
+        if self.config.knob != "sparsity":
+            return 0.99
+        return 0.99 * sum(self.params.values()) / sum(self.sizes.values())
+
+    # -- shared ----------------------------------------------------------------------------------------
+    def _rows(self, g: Group) -> torch.Tensor:
+        return self.sample.rows[g.site].abs()
+
+    def _scores(self, g: Group) -> torch.Tensor:
+        w = self.weights[g.name]
+        rows = self._rows(g)
+        return rows if w is None else rows * w
+
+    def threshold_at(self, g: Group, level: float) -> torch.Tensor:
+        return channel_thresholds(self.tables[g.name].threshold(level), self.weights[g.name])
+
+    def entries(self, knob: float) -> list[PlanEntry]:
+        levels = self.levels(knob)
+        out = []
+        for g in self.groups:
+            t = self.threshold_at(g, levels[g.name])
+            out.append(PlanEntry(g.site, g.layer, g.kind, g.consumers, g.modules, t, sparsity_of(self._rows(g), t)))
+        return out
+
+    def extra(self) -> dict[str, Any]:
+        if self.path is not None:
+            return {"greedy_path": self.path.to_json()}
+        if self.curves is not None:
+            return {"allocation": "global"}
+        return {}
+
+    def _damage_curves(self, windows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per group, the estimated output damage at every level (global allocation)."""
+        n = max(1, -(-self.config.fisher_tokens // windows.shape[1]))
+        damaged = sorted({p for g in self.groups for p in _damaged_linears(g)})
+        fisher = output_fisher(self.model, windows[:n], damaged,
+                               progress=lambda d, t: self._report("output sensitivity (Fisher)", d, t))
+        curves = {}
+        for g in self.groups:
+            cost = sum(_cost_weights(self.model, p, fisher[p]) for p in _damaged_linears(g))
+            x = self.sample.rows[f"layers.{g.layer}.mlp.down_in" if g.kind == "act" else g.site]
+            curves[g.name] = damage_curve(x, self._scores(g), cost)
+        return curves
+
+    def _greedy(self) -> GreedyPath:
+        from actlab.models.adapters import get_adapter
+
+        layers = self.model.get_submodule(get_adapter(self.model).layers)
+        steps = {}
+        n = len(layers)
+        for i, layer in enumerate(layers):
+            self._report("greedy allocation", i, n)
+            block = [g for g in self.groups if g.layer == i]
+            steps[i] = greedy_block(
+                self.model, layer, self.sample.blocks[i], block, self.params, self.threshold_at,
+                step=self.config.greedy_step,
+            )
+        self._report("greedy allocation", n, n)
+        self.sample.blocks.clear()  # the recorded block inputs are only needed for the search
+        return GreedyPath(steps)
+
+
+def _damaged_linears(g: Group) -> tuple[str, ...]:
+    """The linears whose output a group's mask perturbs: its consumers, or the down projection for act."""
+    return (g.consumers[-1],) if g.kind == "act" else g.consumers
+
+
+def _cost_weights(model: nn.Module, path: str, fisher: torch.Tensor) -> torch.Tensor:
+    """``c_i = sum_j F_j W[j, i]**2``: the damage per unit ``x_i**2`` of zeroing input ``i`` of ``path``."""
+    w = linear_weight(model.get_submodule(path)).detach().float().cpu()
+    return (fisher.float()[:, None] * w.pow(2)).sum(0)
+
+
+def column_norms(model: nn.Module, consumers: tuple[str, ...]) -> torch.Tensor:
+    """``||W[:, i]||_2`` over the concatenated consumers (rows of all of them), ``[in]`` float32."""
+    sq = sum(linear_weight(model.get_submodule(p)).detach().float().pow(2).sum(0) for p in consumers)
+    return sq.sqrt().cpu()
+
+
+def replace_config(config: SparsityConfig, **kw: Any) -> SparsityConfig:
+    return dataclasses.replace(config, **kw)

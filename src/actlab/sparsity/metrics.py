@@ -1,0 +1,90 @@
+"""Model-wide sparsity and the fraction of weight bytes a token skips.
+
+* ``sparsity_model_wide`` (TEAL's definition): over the sparsifiable linears (q, k, v, o, gate, up, down),
+  the parameter-weighted mean fraction of each linear's weights a token does not need. An ``input`` mask at
+  sparsity ``s`` skips ``s`` of each consumer's columns; an ``act`` mask skips ``s`` of up's rows and of
+  down's columns. Two masks on one linear combine as ``1 - (1 - s1)(1 - s2)``.
+* ``bytes_skipped_frac``: the same skipped weights over *all* linear weights a token reads, the LM head
+  included (it stays dense); that ratio is what bounds a memory-bound decode step's speed-up.
+
+Example:
+    >>> sizes = {"q": 100, "down": 300}
+    >>> model_wide([(("q",), 0.5), (("down",), 0.5)], sizes)
+    0.5
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from torch import nn
+
+from actlab.models.adapters import linear_weight
+from actlab.sparsity.groups import sparsifiable_linears
+
+
+def _inner(m: nn.Module) -> nn.Module:
+    return getattr(m, "inner", m)
+
+
+def linear_sizes(model: nn.Module) -> dict[str, int]:
+    """Weight parameter count of every sparsifiable linear, by module path."""
+    sizes = {}
+    for path in sparsifiable_linears(model):
+        w = linear_weight(_inner(model.get_submodule(path)))
+        sizes[path] = w.shape[0] * w.shape[1]
+    return sizes
+
+
+def all_linear_params(model: nn.Module) -> int:
+    """Weights of every linear layer a token reads, the LM head included (tied weights counted once)."""
+    seen: set[int] = set()
+    total = 0
+    modules = list(model.modules())
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        modules.append(head)
+    for m in modules:
+        if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D":
+            if id(m.weight) not in seen:
+                seen.add(id(m.weight))
+                total += m.weight.numel()
+    return total
+
+
+def skipped_fractions(items: Iterable[tuple[tuple[str, ...], float]]) -> dict[str, float]:
+    """Per linear path, the fraction of its weights skipped, from ``(consumers, sparsity)`` pairs."""
+    kept: dict[str, float] = {}
+    for consumers, s in items:
+        for path in consumers:
+            kept[path] = kept.get(path, 1.0) * (1.0 - s)
+    return {p: 1.0 - k for p, k in kept.items()}
+
+
+def model_wide(items: Iterable[tuple[tuple[str, ...], float]], sizes: dict[str, int]) -> float:
+    """Parameter-weighted sparsity over ``sizes`` (the sparsifiable linears) from ``(consumers, s)`` pairs."""
+    skipped = skipped_fractions(items)
+    total = sum(sizes.values())
+    return sum(sizes[p] * f for p, f in skipped.items() if p in sizes) / total if total else 0.0
+
+
+def plan_metrics(model: nn.Module, items: list[tuple[tuple[str, ...], float, str]]) -> dict[str, float]:
+    """``sparsity_model_wide``, ``bytes_skipped_frac`` and per-site-kind sparsity from ``(consumers, s, site)``.
+
+    Per-site-kind values are the parameter-weighted sparsity over the linears of that kind only.
+    """
+    sizes = linear_sizes(model)
+    pairs = [(c, s) for c, s, _ in items]
+    skipped = skipped_fractions(pairs)
+    skipped_params = sum(sizes[p] * f for p, f in skipped.items() if p in sizes)
+    out = {
+        "sparsity_model_wide": skipped_params / sum(sizes.values()),
+        "bytes_skipped_frac": skipped_params / all_linear_params(model),
+    }
+    by_kind: dict[str, list[tuple[float, int]]] = {}
+    for consumers, s, site in items:
+        kind = site.split(".", 2)[2]
+        by_kind.setdefault(kind, []).extend((s, sizes[p]) for p in consumers if p in sizes)
+    for kind, vals in by_kind.items():
+        out[f"sparsity.{kind}"] = sum(s * n for s, n in vals) / sum(n for _, n in vals)
+    return out
