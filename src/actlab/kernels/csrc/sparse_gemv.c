@@ -18,6 +18,15 @@
 #define ACTLAB_COL_BLOCK 1024
 #endif
 
+/* Software prefetch of the weight rows a few groups ahead (the kept rows are not adjacent, so the
+ * hardware prefetcher cannot find them) and the cache level it targets (3 = L1, 2 = L2). */
+#ifndef ACTLAB_PF_GROUPS
+#define ACTLAB_PF_GROUPS 1
+#endif
+#ifndef ACTLAB_PF_LOCALITY
+#define ACTLAB_PF_LOCALITY 3
+#endif
+
 #define KSUFFIX generic
 #define KTARGET
 #define KVBYTES 16
@@ -26,7 +35,8 @@
 #undef KTARGET
 #undef KVBYTES
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* ACTLAB_PORTABLE_ONLY builds just the generic path, as on a non-x86 target (used to test that build). */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(ACTLAB_PORTABLE_ONLY)
 #define ACTLAB_X86 1
 #define KSUFFIX avx2
 #define KTARGET __attribute__((target("avx2,fma")))

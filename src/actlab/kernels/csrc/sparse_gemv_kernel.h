@@ -43,16 +43,16 @@ KTARGET static void KNAME(cols_b1)(const float *wt, int64_t ld, const int32_t *i
         const float *r2 = base + idx[k + 2] * ld, *r3 = base + idx[k + 3] * ld;
         /* The next group's rows are not adjacent in memory, so the hardware prefetcher cannot
          * guess them: fetch them one line per line consumed here. */
-        const int64_t kp = k + 4 + 4 <= nk ? k + 4 : k;
+        const int64_t kp = k + 4 * ACTLAB_PF_GROUPS + 4 <= nk ? k + 4 * ACTLAB_PF_GROUPS : k;
         const float *p0 = base + idx[kp] * ld, *p1 = base + idx[kp + 1] * ld;
         const float *p2 = base + idx[kp + 2] * ld, *p3 = base + idx[kp + 3] * ld;
         const float s0 = xv[k], s1 = xv[k + 1], s2 = xv[k + 2], s3 = xv[k + 3];
         int64_t c = 0;
         for (; c + KLINE <= nv; c += KLINE) {
-            __builtin_prefetch(p0 + c, 0, 3);
-            __builtin_prefetch(p1 + c, 0, 3);
-            __builtin_prefetch(p2 + c, 0, 3);
-            __builtin_prefetch(p3 + c, 0, 3);
+            __builtin_prefetch(p0 + c, 0, ACTLAB_PF_LOCALITY);
+            __builtin_prefetch(p1 + c, 0, ACTLAB_PF_LOCALITY);
+            __builtin_prefetch(p2 + c, 0, ACTLAB_PF_LOCALITY);
+            __builtin_prefetch(p3 + c, 0, ACTLAB_PF_LOCALITY);
             for (int64_t v = c; v < c + KLINE; v += KW) {
                 KV a = KLOAD(acc + v);
                 a += s0 * KLOAD(r0 + v);
@@ -92,14 +92,14 @@ KTARGET static void KNAME(cols_bn)(const float *wt, int64_t ld, const int32_t *i
     int64_t k = 0;
     for (; k + 2 <= nk; k += 2) {
         const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
-        const int64_t kp = k + 2 + 2 <= nk ? k + 2 : k;
+        const int64_t kp = k + 2 * ACTLAB_PF_GROUPS + 2 <= nk ? k + 2 * ACTLAB_PF_GROUPS : k;
         const float *p0 = base + idx[kp] * ld, *p1 = base + idx[kp + 1] * ld;
         const float *s0 = xv + k * B, *s1 = xv + (k + 1) * B;
         int64_t c = 0;
         for (; c < nv; c += KW) {
             if ((c & (KLINE - 1)) == 0) {
-                __builtin_prefetch(p0 + c, 0, 3);
-                __builtin_prefetch(p1 + c, 0, 3);
+                __builtin_prefetch(p0 + c, 0, ACTLAB_PF_LOCALITY);
+                __builtin_prefetch(p1 + c, 0, ACTLAB_PF_LOCALITY);
             }
             const KV w0 = KLOAD(r0 + c), w1 = KLOAD(r1 + c);
             for (int b = 0; b < B; ++b) {
@@ -152,7 +152,7 @@ KTARGET static void KNAME(dots)(const float *w, int64_t ld, const int32_t *rows,
             if (nb == 1) {
                 /* one token: four independent accumulators hide the FMA latency */
                 for (; c + 4 * KW <= nv; c += 4 * KW) {
-                    if (b0 == 0) __builtin_prefetch(next + c, 0, 3);
+                    if (b0 == 0) __builtin_prefetch(next + c, 0, ACTLAB_PF_LOCALITY);
                     a0 += KLOAD(row + c) * KLOAD(x0 + c);
                     a1 += KLOAD(row + c + KW) * KLOAD(x0 + c + KW);
                     a2 += KLOAD(row + c + 2 * KW) * KLOAD(x0 + c + 2 * KW);
@@ -165,7 +165,7 @@ KTARGET static void KNAME(dots)(const float *w, int64_t ld, const int32_t *rows,
                 continue;
             }
             for (; c < nv; c += KW) {
-                if (b0 == 0 && (c & (KLINE - 1)) == 0) __builtin_prefetch(next + c, 0, 3);
+                if (b0 == 0 && (c & (KLINE - 1)) == 0) __builtin_prefetch(next + c, 0, ACTLAB_PF_LOCALITY);
                 const KV wv = KLOAD(row + c);
                 a0 += wv * KLOAD(x0 + c);
                 a1 += wv * KLOAD(x0 + x_ld + c);
