@@ -16,16 +16,16 @@ from actlab.sparsity.search import search_quality
 def test_search_finds_the_largest_knob_within_budget(llama, calib, config):
     heldout = windows(llama, 4, seed=7)
     method = prepare(llama, config, calib)
-    result = search_quality(llama, method, heldout, max_increase_pct=0.5, iters=6)
+    result = search_quality(llama, method, heldout, max_increase_pct=0.5, iters=12, tol=0.01)
     assert not masked_modules(llama)
     assert result.increase_pct <= 0.5
-    assert len(result.trace) == 6
+    assert 1 <= len(result.trace) <= 12
     accepted = [t["knob"] for t in result.trace if t["ppl_increase_pct"] <= 0.5]
     rejected = [t["knob"] for t in result.trace if t["ppl_increase_pct"] > 0.5]
     assert result.knob == max(accepted, default=0.0)
     assert all(r > result.knob for r in rejected)
-    # converged: the bracket left is at most hi / 2**iters
-    assert min(rejected, default=method.max_knob()) - result.knob <= method.max_knob() / 2**6 + 1e-9
+    # converged: the bracket [within budget, over budget (or the top)] is closed to the tolerance
+    assert min(rejected, default=method.max_knob()) - result.knob <= 0.01 + 1e-9
     assert result.plan.extra["search"]["max_ppl_increase_pct"] == 0.5
 
 

@@ -59,14 +59,12 @@ def calibrate(
         if threads > 0:
             torch.set_num_threads(threads)
         quiet_libraries()
-        from actlab.data.windows import make_windows
+        from actlab.sparsity.calibrate import calibration_windows
 
         net, tok = actlab.load_model(model)
         corpus = actlab.load_corpus(data)
         extra = search_tokens if max_ppl_increase is not None else 0
-        windows = make_windows(corpus, tok, seq_len, tokens + extra, split="calib")
-        n_cal = -(-tokens // seq_len)
-        calib, heldout = windows[:n_cal], windows[n_cal:]
+        calib, heldout = calibration_windows(corpus, tok, seq_len, tokens, extra)
         if max_ppl_increase is not None and heldout.shape[0] == 0:
             fail("not enough calibration windows left for the quality search: lower --tokens or --seq-len")
         with _Bar() as bar:

@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from actlab.sparsity.apply import apply_, masked_modules
+from actlab.sparsity.collect import CalibrationSample
 from actlab.sparsity.config import SparsityConfig
 from actlab.sparsity.errors import PlanError
-from actlab.sparsity.methods.base import Method, Progress, handler_for
+from actlab.sparsity.methods.base import Method, Progress, ThresholdMethod, handler_for
 from actlab.sparsity.plan import SparsityPlan
 
 
@@ -35,8 +36,39 @@ def _windows(data: Any) -> torch.Tensor | None:
     return ids.long()
 
 
-def prepare(model: nn.Module, config: SparsityConfig, data: Any, progress: Progress | None = None) -> Method:
+def calibration_windows(
+    corpus: Any, tokenizer: Any, seq_len: int, tokens: int, heldout_tokens: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(calib, heldout)`` windows, both from the corpus's calibration split, disjoint from each other.
+
+    ``calib`` is the same whether or not held-out windows are asked for (the split's window ranking is
+    nested), so a plan calibrated with and without a quality search saw the same text.
+
+    Example:
+        >>> calib, heldout = calibration_windows(corpus, tok, 256, 16384, 4096)   # doctest: +SKIP
+    """
+    from actlab.data.windows import make_windows
+
+    calib = make_windows(corpus, tokenizer, seq_len, tokens, split="calib")
+    if heldout_tokens <= 0:
+        return calib, calib[:0]
+    both = make_windows(corpus, tokenizer, seq_len, tokens + heldout_tokens, split="calib")
+    seen = {bytes(row.numpy()) for row in calib}
+    keep = [i for i, row in enumerate(both) if bytes(row.numpy()) not in seen]
+    return calib, both[keep]
+
+
+def prepare(
+    model: nn.Module,
+    config: SparsityConfig,
+    data: Any,
+    progress: Progress | None = None,
+    sample: CalibrationSample | None = None,
+) -> Method:
     """Run ``config``'s calibration once; ``.plan(knob)`` then gives a plan at any sparsity, cheaply.
+
+    ``sample`` (from :func:`actlab.sparsity.collect.collect`, with every site the method reads) skips the
+    calibration pass, so several methods compared on one model share one pass (the benchmark does).
 
     Example:
         >>> method = prepare(model, TealConfig(allocation="greedy"), calib)    # doctest: +SKIP
@@ -47,7 +79,11 @@ def prepare(model: nn.Module, config: SparsityConfig, data: Any, progress: Progr
     if masked_modules(model):
         raise PlanError("the model already has a sparsity plan applied: call actlab.remove_(model) first")
     with torch.no_grad():
-        return handler_for(config)(model, config, _windows(data), progress)
+        handler = handler_for(config)
+        windows = _windows(data)
+        if sample is not None and issubclass(handler, ThresholdMethod):
+            return handler(model, config, windows, progress, sample=sample)
+        return handler(model, config, windows, progress)
 
 
 def calibrate(model: nn.Module, config: SparsityConfig, data: Any, progress: Progress | None = None) -> SparsityPlan:

@@ -42,12 +42,15 @@ class CalibrationSample:
         up_sq_sum: layer -> ``sum over tokens of up_i**2`` ``[d_ff]`` (CHESS), when asked for.
         tokens: calibration tokens seen.
         blocks: layer -> its recorded inputs (greedy allocation), when asked for.
+        fisher: linear path -> diagonal output Fisher, filled by the global allocation on first use so
+            that methods sharing one sample share it too.
     """
 
     rows: dict[str, torch.Tensor]
     up_sq_sum: dict[int, torch.Tensor]
     tokens: int
     blocks: dict[int, BlockInputs]
+    fisher: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _row_choice(n_tokens: int, n_rows: int, seed: int) -> torch.Tensor:
@@ -128,7 +131,8 @@ def collect(
         sites: canonical site names to sample ``x`` at.
         max_values: per-site sample size bound (rows = ``max_values // width``, at least 64).
         up_moments: also accumulate ``sum(up**2)`` per layer (CHESS).
-        block_tokens: also record every decoder layer's inputs on about this many tokens (greedy).
+        block_tokens: also record every decoder layer's inputs on the first ``ceil(block_tokens / seq_len)``
+            windows (the greedy allocation replays blocks on them).
         progress: optional callable ``progress(done_windows, total_windows)``.
     """
     n, seq_len = windows.shape
@@ -149,16 +153,19 @@ def collect(
 
     up_sums: dict[int, torch.Tensor] = {}
     blocks: dict[int, BlockInputs] = {}
-    n_block_batches = -(-block_tokens // (batch_size * seq_len)) if block_tokens > 0 else 0
+    # the windows whose layer inputs are recorded form their own first batch, so exactly those are replayed
+    n_block = min(n, -(-block_tokens // seq_len)) if block_tokens > 0 else 0
+    starts = ([0] if n_block else []) + list(range(n_block, n, batch_size))
     with capture(model, sites=resolved, fn=grab) if resolved else _nothing():
         with _up_recorder(model, up_sums) if up_moments else _nothing():
-            with _layer_input_recorder(model, n_block_batches, blocks) if n_block_batches else _nothing():
-                for b in range(0, n, batch_size):
-                    batch = windows[b : b + batch_size].to(device)
-                    model(batch, use_cache=False)
+            with _layer_input_recorder(model, 1, blocks) if n_block else _nothing():
+                for k, b in enumerate(starts):
+                    end = starts[k + 1] if k + 1 < len(starts) else n
+                    batch = windows[b:end].to(device)
+                    _forward(model, batch)
                     offset += batch.numel()
                     if progress is not None:
-                        progress(min(b + batch_size, n), n)
+                        progress(end, n)
     return CalibrationSample(
         rows={s: torch.cat(r) for s, r in rows.items()},
         up_sq_sum={i: s.cpu() for i, s in up_sums.items()},
@@ -170,3 +177,10 @@ def collect(
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
+
+
+def _forward(model: nn.Module, ids: torch.Tensor) -> Any:
+    """A forward pass without a KV cache (encoders take no ``use_cache``)."""
+    if get_adapter(model).encoder:
+        return model(ids)
+    return model(ids, use_cache=False)

@@ -35,6 +35,12 @@ def _no_param_grads(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    from actlab.models.adapters import get_adapter
+
+    return (model(ids) if get_adapter(model).encoder else model(ids, use_cache=False)).logits
+
+
 def output_fisher(
     model: nn.Module,
     windows: torch.Tensor,
@@ -85,7 +91,7 @@ def output_fisher(
             for b in range(0, n, batch_size):
                 batch = windows[b : b + batch_size].to(device)
                 with torch.enable_grad():
-                    logits = model(batch, use_cache=False).logits.float()  # [B, T, V]
+                    logits = _logits(model, batch).float()  # [B, T, V]
                     with torch.no_grad():
                         probs = logits.softmax(-1).reshape(-1, logits.shape[-1])
                         sampled = torch.multinomial(probs, 1, generator=gen).squeeze(-1)  # [B*T]

@@ -57,7 +57,12 @@ class Method:
     config_cls: ClassVar[type[SparsityConfig]]
 
     def __init__(
-        self, model: nn.Module, config: SparsityConfig, windows: torch.Tensor | None, progress: Progress | None = None
+        self,
+        model: nn.Module,
+        config: SparsityConfig,
+        windows: torch.Tensor | None,
+        progress: Progress | None = None,
+        sample: CalibrationSample | None = None,
     ) -> None:
         if not isinstance(config, self.config_cls):
             raise PlanError(f"{type(self).__name__} handles {self.config_cls.__name__}, got {type(config).__name__}")
@@ -97,14 +102,15 @@ class ThresholdMethod(Method):
     #: site kinds thresholded (input groups)
     kinds: ClassVar[tuple[str, ...]] = ("attn.qkv_in", "attn.o_in", "mlp.gate_up_in", "mlp.in", "mlp.down_in")
 
-    def __init__(self, model, config, windows, progress=None) -> None:
+    def __init__(self, model, config, windows, progress=None, sample=None) -> None:
         super().__init__(model, config, windows, progress)
         if windows is None:
             raise PlanError(f"{config.method} needs calibration windows")
         self.allocation = getattr(config, "allocation", "uniform")
         self.groups = self.make_groups(split=self.allocation == "greedy")
         self.params = {g.name: group_params(model, g) for g in self.groups}
-        self.sample = self.collect(windows)
+        self.own_sample = sample is None
+        self.sample = self.collect(windows) if sample is None else self._check_sample(sample)
         self.weights = {g.name: self.channel_weights(g) for g in self.groups}
         self.tables = {g.name: QuantileTable.from_scores(self._scores(g)) for g in self.groups}
         self.path: GreedyPath | None = self._greedy() if self.allocation == "greedy" else None
@@ -126,6 +132,15 @@ class ThresholdMethod(Method):
         if self.allocation == "global":
             sites |= {f"layers.{g.layer}.mlp.down_in" for g in self.groups if g.kind == "act"}
         return sorted(sites)
+
+    def _check_sample(self, sample: CalibrationSample) -> CalibrationSample:
+        """A shared sample must hold what this method reads."""
+        missing = sorted(set(self.sample_sites()) - set(sample.rows))
+        if missing:
+            raise PlanError(f"{self.config.method}: the calibration sample lacks sites {missing[:3]}")
+        if self.allocation == "greedy" and len(sample.blocks) == 0:
+            raise PlanError("greedy allocation needs a sample collected with block_tokens > 0")
+        return sample
 
     def collect(self, windows: torch.Tensor, up_moments: bool = False) -> CalibrationSample:
         tokens = getattr(self.config, "greedy_tokens", 0) if self.allocation == "greedy" else 0
@@ -187,8 +202,10 @@ class ThresholdMethod(Method):
         """Per group, the estimated output damage at every level (global allocation)."""
         n = max(1, -(-self.config.fisher_tokens // windows.shape[1]))
         damaged = sorted({p for g in self.groups for p in _damaged_linears(g)})
-        fisher = output_fisher(self.model, windows[:n], damaged,
-                               progress=lambda d, t: self._report("output sensitivity (Fisher)", d, t))
+        fisher = self.sample.fisher
+        if not set(damaged) <= set(fisher):
+            fisher.update(output_fisher(self.model, windows[:n], damaged,
+                                        progress=lambda d, t: self._report("output sensitivity (Fisher)", d, t)))
         curves = {}
         for g in self.groups:
             cost = sum(_cost_weights(self.model, p, fisher[p]) for p in _damaged_linears(g))
@@ -210,7 +227,8 @@ class ThresholdMethod(Method):
                 step=self.config.greedy_step,
             )
         self._report("greedy allocation", n, n)
-        self.sample.blocks.clear()  # the recorded block inputs are only needed for the search
+        if self.own_sample:
+            self.sample.blocks.clear()  # the recorded block inputs are only needed for the search
         return GreedyPath(steps)
 
 

@@ -1,0 +1,248 @@
+"""Quality of every sparsification method on the real embedded model -> the "Quality" section of RESULTS.md.
+
+What it measures (SmolLM2-135M by default, built-in corpus, seq-len 256, strict protocol: every token
+sparsified and scored):
+
+* a table method x allocation x model-wide sparsity -> perplexity on the *evaluation* split and its
+  increase over dense, with the sparsity measured on that text;
+* PPL-1% and PPL-5% sparsity of every method: the knob is searched on held-out *calibration* windows
+  (never the evaluation split), then the plan found is evaluated on the evaluation split.
+
+The calibration pass is run once and shared by every method (same rows, same Fisher pass, same greedy block
+inputs as the CLI would use), so each row's command reproduces its numbers.
+
+Usage:
+    python benchmarks/quality.py                 # full run (~40 min on 2 busy cores)
+    python benchmarks/quality.py --quick         # smaller eval/search sets and a few rows (~10 min)
+    python benchmarks/quality.py --methods teal-uniform,teal-global --levels 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+LEVELS = (0.25, 0.40, 0.50, 0.60, 0.70)
+TARGETS = (1.0, 5.0)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method x allocation configuration of the table."""
+
+    key: str
+    method: str
+    allocation: str = "uniform"
+
+    def config(self, knob: float | None = None) -> Any:
+        from actlab.sparsity.config import config_from_dict
+
+        d: dict[str, Any] = {"method": self.method}
+        if self.allocation != "uniform":
+            d["allocation"] = self.allocation
+        cfg = config_from_dict(d)
+        return cfg if knob is None else cfg.with_knob(knob)
+
+    def calibrate_args(self) -> str:
+        alloc = f" --allocation {self.allocation}" if self.allocation != "uniform" else ""
+        return f"--method {self.method}{alloc}"
+
+
+ROWS = [
+    Row("teal-uniform", "teal"),
+    Row("teal-greedy", "teal", "greedy"),
+    Row("teal-global", "teal", "global"),
+    Row("wina-uniform", "wina"),
+    Row("wina-global", "wina", "global"),
+    Row("chess", "chess"),
+    Row("cats", "cats"),
+    Row("topk", "topk"),
+    Row("cett", "cett"),
+]
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", default="default")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--calib-tokens", type=int, default=16384)
+    p.add_argument("--eval-tokens", type=int, default=8192)
+    p.add_argument("--search-tokens", type=int, default=2048)
+    p.add_argument("--levels", default=",".join(str(x) for x in LEVELS), help="model-wide sparsities of the table")
+    p.add_argument("--targets", default="1,5", help="PPL increase budgets (percent) to search")
+    p.add_argument("--methods", default=",".join(r.key for r in ROWS), help="rows to run, by key")
+    p.add_argument("--quick", action="store_true", help="eval 2048 / search 1024 tokens, levels 0.4,0.5")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--results", default=str(ROOT / "RESULTS.md"), help="markdown file whose ## Quality section is rewritten")
+    p.add_argument("--json-out", default=str(ROOT / "quality.json"))
+    a = p.parse_args(argv)
+    if a.quick:
+        a.eval_tokens, a.search_tokens, a.levels = 2048, 1024, "0.4,0.5"
+    return a
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    a = _args(argv)
+    import torch
+
+    import actlab
+    from actlab.data.windows import make_windows
+    from actlab.envinfo import machine_line
+    from actlab.eval.perplexity import perplexity
+    from actlab.eval.sparse import evaluate_plan
+    from actlab.sparsity.calibrate import calibration_windows, prepare
+    from actlab.sparsity.collect import collect
+    from actlab.sparsity.errors import PlanError
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    levels = [float(x) for x in a.levels.split(",") if x]
+    targets = [float(x) for x in a.targets.split(",") if x]
+    rows = [r for r in ROWS if r.key in a.methods.split(",")]
+    t0 = time.time()
+    model, tok = actlab.load_model(a.model)
+    corpus = actlab.load_corpus(a.data)
+    calib, heldout = calibration_windows(corpus, tok, a.seq_len, a.calib_tokens, a.search_tokens)
+    evals = make_windows(corpus, tok, a.seq_len, a.eval_tokens, split="eval")
+    common = f"--model {a.model} --data {a.data} --seq-len {a.seq_len}"
+    eval_cmd = f"actlab eval {common} --tokens {a.eval_tokens} --protocol strict --plan PLAN"
+
+    _log("calibration pass (shared by every method)")
+    sites = sorted({s for s in actlab.resolve_sites(model) if not s.endswith("resid_out")})
+    greedy_tokens = Row("", "teal", "greedy").config().greedy_tokens
+    sample = collect(model, calib, sites, up_moments=True, block_tokens=greedy_tokens)
+    ppl_dense = perplexity(model, evals).ppl
+    heldout_dense = perplexity(model, heldout).ppl
+    _log(f"dense PPL eval {ppl_dense:.3f}, held-out {heldout_dense:.3f}")
+
+    results: dict[str, Any] = {
+        "machine": machine_line(), "model": a.model, "data": a.data, "seq_len": a.seq_len,
+        "calib_tokens": int(calib.numel()), "eval_tokens": int(evals.numel()),
+        "search_tokens": int(heldout.numel()), "ppl_dense": ppl_dense, "ppl_dense_heldout": heldout_dense,
+        "eval_command": eval_cmd, "table": {}, "targets": {},
+    }
+    for row in rows:
+        t_row = time.time()
+        _log(f"{row.key}: calibrating")
+        method = prepare(model, row.config(), calib if row.config().threshold_based else None, sample=sample)
+        results["table"][row.key] = {}
+        for level in levels if row.method != "cett" else []:
+            try:
+                plan = method.plan(level)
+            except PlanError as e:  # e.g. CATS covers half the weights: 60 % is out of its reach
+                results["table"][row.key][str(level)] = {"unreachable": str(e)}
+                continue
+            r = evaluate_plan(model, plan, evals, ppl_dense=ppl_dense)
+            results["table"][row.key][str(level)] = {
+                "ppl": r.ppl, "ppl_increase_pct": r.ppl_increase_pct, "sparsity_measured": r.sparsity_model_wide,
+                "bytes_skipped_frac": r.bytes_skipped_frac,
+                "command": f"actlab calibrate {common} {row.calibrate_args()} --sparsity {level} "
+                           f"--tokens {a.calib_tokens} --out PLAN && {eval_cmd}",
+            }
+            _log(f"  {level:.2f}: PPL {r.ppl:.3f} ({r.ppl_increase_pct:+.2f}%), measured {r.sparsity_model_wide:.3f}")
+        results["targets"][row.key] = {}
+        prior: list[dict[str, float]] = []
+        for target in targets:
+            found = actlab.search_quality(model, method, heldout, target, ppl_dense=heldout_dense, prior=prior)
+            prior = prior + found.trace
+            r = evaluate_plan(model, found.plan, evals, ppl_dense=ppl_dense)
+            results["targets"][row.key][str(target)] = {
+                "knob": found.knob, "knob_name": row.config().knob,
+                "sparsity_calibration": found.plan.metrics["sparsity_model_wide"],
+                "heldout_ppl_increase_pct": found.increase_pct, "probes": len(found.trace),
+                "eval_ppl": r.ppl, "eval_ppl_increase_pct": r.ppl_increase_pct,
+                "sparsity_measured": r.sparsity_model_wide, "bytes_skipped_frac": r.bytes_skipped_frac,
+                "command": f"actlab calibrate {common} {row.calibrate_args()} --max-ppl-increase {target:g} "
+                           f"--tokens {a.calib_tokens} --search-tokens {a.search_tokens} --out PLAN && {eval_cmd}",
+            }
+            _log(f"  PPL-{target:g}%: sparsity {r.sparsity_model_wide:.3f} (eval {r.ppl_increase_pct:+.2f}%)")
+        results["table"][row.key]["seconds"] = time.time() - t_row
+    results["seconds"] = time.time() - t0
+    Path(a.json_out).write_text(json.dumps(results, indent=2) + "\n")
+    write_section(Path(a.results), render(results, levels, targets, a))
+    _log(f"done in {results['seconds'] / 60:.1f} min -> {a.results}, {a.json_out}")
+    return results
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def render(res: dict[str, Any], levels: list[float], targets: list[float], a: argparse.Namespace) -> str:
+    """The markdown of the Quality section."""
+    out = ["## Quality", ""]
+    out.append(
+        f"Model `{res['model']}`, corpus `{res['data']}`, seq-len {res['seq_len']}, **strict protocol** "
+        f"(every token sparsified and scored). Calibration: {res['calib_tokens']} tokens of the calib split; "
+        f"quality searches on {res['search_tokens']} further held-out calib tokens; perplexity on "
+        f"{res['eval_tokens']} tokens of the disjoint eval split. Dense PPL {res['ppl_dense']:.3f}. "
+        "Sparsity is model-wide (parameter-weighted over q/k/v/o/gate/up/down, TEAL's definition) and "
+        "*measured* on the evaluation text."
+    )
+    out += ["", f"Machine: {res['machine']}.", ""]
+    out.append(f"Produced by `python benchmarks/quality.py {' '.join(sys.argv[1:])}`".rstrip() + f" in "
+               f"{res['seconds'] / 60:.0f} min; raw numbers and per-cell commands in `benchmarks/quality.json`.")
+    out += ["", "### PPL increase at a model-wide sparsity (eval split, strict)", ""]
+    out.append("| method | allocation | " + " | ".join(f"{_pct(lv)}" for lv in levels) + " |")
+    out.append("|---|---|" + "---|" * len(levels))
+    for key, cells in res["table"].items():
+        if key == "cett":
+            continue
+        method, _, alloc = key.partition("-")
+        line = f"| {method} | {alloc or 'uniform'} |"
+        for lv in levels:
+            c = cells.get(str(lv))
+            if c is None or "unreachable" in c:
+                line += " n/a |"
+            else:
+                line += f" {c['ppl']:.2f} ({c['ppl_increase_pct']:+.1f}%) |"
+        out.append(line)
+    out += ["", "Cells: PPL (increase over dense). n/a: the method sparsifies too few weights to reach that "
+            "sparsity (CATS: up and down only, at most 50%; CHESS: q, o, up, down, at most 69%; CETT's knob "
+            "is the CETT target, see below). Cell command (replace PLAN and the sparsity):", ""]
+    out.append(f"    actlab calibrate --model {res['model']} --data {res['data']} --seq-len {res['seq_len']} "
+               f"--method METHOD [--allocation ALLOC] --sparsity S --tokens {a.calib_tokens} --out PLAN")
+    out.append(f"    {res['eval_command']}")
+    out += ["", "### PPL-1% and PPL-5% sparsity (searched on held-out calib text, checked on the eval split)", ""]
+    out.append("| method | allocation | " + " | ".join(f"PPL-{t:g}% sparsity (eval increase)" for t in targets) + " |")
+    out.append("|---|---|" + "---|" * len(targets))
+    for key, cells in res["targets"].items():
+        method, _, alloc = key.partition("-")
+        line = f"| {method} | {alloc or 'uniform'} |"
+        for t in targets:
+            c = cells[str(t)]
+            extra = f", CETT {c['knob']:.3f}" if c["knob_name"] == "cett" else ""
+            line += f" **{_pct(c['sparsity_measured'])}** ({c['eval_ppl_increase_pct']:+.2f}%{extra}) |"
+        out.append(line)
+    out += ["", "Command per cell (METHOD/ALLOC/P as in the row):", ""]
+    out.append(f"    actlab calibrate --model {res['model']} --data {res['data']} --seq-len {res['seq_len']} "
+               f"--method METHOD [--allocation ALLOC] --max-ppl-increase P --tokens {a.calib_tokens} "
+               f"--search-tokens {a.search_tokens} --out PLAN")
+    out.append(f"    {res['eval_command']}")
+    out.append("")
+    return "\n".join(out)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the ``## Quality`` section of ``path`` (up to the next ``## `` heading), or append it."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
+    pattern = re.compile(r"^## Quality\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    path.write_text(new.rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    main()
+
