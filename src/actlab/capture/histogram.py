@@ -46,10 +46,10 @@ class LogHistogram:
         self._scale = 1.0 / step  # bins per decade
         self._scale2 = self._scale * math.log10(2.0)  # bins per octave
         offset = 2.0 - math.log10(lo) / step
-        self._offset = torch.tensor(offset, dtype=torch.float32)
         # float32 error of p grows with |p| and |log10 x| * scale; 16x a one-ulp bound is ample
         span = abs(offset) + self._scale * max(abs(math.log10(lo)), abs(math.log10(hi))) + bins + 2
         self._tol = 16 * span * 2.0**-23
+        self._offset = torch.tensor(offset + self._tol, dtype=torch.float32)
         self._floor = float(torch.tensor(10.0 ** (math.log10(lo) - 0.5 * step), dtype=torch.float32))
         self.counts = torch.zeros(bins + 4, dtype=torch.int64, device=device)
 
@@ -70,13 +70,13 @@ class LogHistogram:
         a = a.to(torch.float32)
         p = scratch.get(1, a.shape, torch.float32, a.device)
         # zeros and denormals send log2 down a slow path (8-25x); every |x| <= lo lands in underflow
-        # anyway, so lift them to half a bin below lo (position 1.5: inside underflow, far from an edge)
+        # anyway, so lift them to half a bin below lo (position ~1.5: inside underflow, far from an edge)
         torch.clamp(a, min=self._floor, out=p).log2_()
+        # the offset carries an extra +tol: then p is within tol of an edge exactly when frac(p) < 2 tol
+        # (two passes instead of round/sub/abs/compare), and trunc(p) is unchanged away from edges
         torch.add(self._offset.to(a.device), p, alpha=self._scale2, out=p)  # one pass for * and +
         gap = scratch.get(2, a.shape, torch.float32, a.device)
-        torch.round(p, out=gap)
-        gap.sub_(p).abs_()
-        near = (gap < self._tol).view(-1).nonzero().squeeze(1)  # rare: positions near an edge
+        near = (torch.frac(p, out=gap) < 2 * self._tol).view(-1).nonzero().squeeze(1)  # rare
         p.clamp_(1, self.overflow_index)
         if may_have_nan:
             p.nan_to_num_(nan=float(self.nan_index))
