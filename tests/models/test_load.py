@@ -12,7 +12,7 @@ def test_random_preset_is_seeded_and_leaves_global_rng():
     a, _ = actlab.load_model("random:tiny-llama", seed=3)
     b, _ = actlab.load_model("random:tiny-llama", seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
-    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters(), strict=True):
         assert torch.equal(p, q), n
     assert not a.training
 

@@ -45,7 +45,7 @@ def density_by_layer(profile: dict, path: Path, eps: tuple[str, ...] | None = No
     keys = list(first["density"])
     eps = eps or tuple(keys[i] for i in _pick_layers(len(keys), 3))
     fig, axes = _figure(1, len(eps), (4.2 * len(eps), 3.6))
-    for ax, e in zip(axes[0], eps):
+    for ax, e in zip(axes[0], eps, strict=False):
         for kind, rows in kinds.items():
             ax.plot([r[0] for r in rows], [r[1]["density"][e] for r in rows], marker=".", label=kind)
         ax.set_title(f"density: fraction |x| > {float(e):g}")
@@ -67,7 +67,7 @@ def histograms(profile: dict, path: Path) -> Path:
     rows_n = (len(kinds) + cols - 1) // cols
     fig, axes = _figure(rows_n, cols, (13, 3.3 * rows_n))
     flat = [ax for row in axes for ax in row]
-    for ax, (kind, rows) in zip(flat, kinds.items()):
+    for ax, (kind, rows) in zip(flat, kinds.items(), strict=False):
         for i in _pick_layers(len(rows)):
             layer, s = rows[i]
             counts = s["histogram"]["counts"]
