@@ -68,17 +68,22 @@ class CettCurve:
         if m == 0:
             return
         n = h.abs() * self.colnorm  # [m, d] per-neuron output norm
-        t = self.t.to(device=w.device, dtype=torch.float32)
-        # dropped[r, g] = number of neurons of token r with n <= t_g
-        dropped = torch.searchsorted(n.sort(dim=1).values, t.expand(m, -1).contiguous(), right=True)
-        cett = (dropped == d).to(torch.float64)  # [m, G]; all dropped -> exactly 1, none dropped -> 0
-        partial = ((dropped > 0) & (dropped < d)).any(0).nonzero().squeeze(1)  # [G'] grid points to compute
+        t = self.t.to(device=w.device, dtype=torch.float32)  # [G]
+        # t below a token's smallest n drops nothing (CETT 0), t at/above its largest drops all (CETT 1);
+        # only grid points strictly between, for some token, need the masked matmul
+        none = t[None, :] < n.amin(1, keepdim=True)  # [m, G]
+        every = t[None, :] >= n.amax(1, keepdim=True)  # [m, G]
+        cett = every.to(torch.float64)
+        dropped = cett * d  # [m, G] number of neurons with n <= t
+        partial = (~none & ~every).any(0).nonzero().squeeze(1)  # [G']
         if partial.numel():
-            keep = n.unsqueeze(0) <= t[partial].view(-1, 1, 1)  # [G', m, d]
-            part = ((h.unsqueeze(0) * keep).view(-1, d) @ w.T).norm(dim=1).view(-1, m)  # [G', m]
+            keep = n.unsqueeze(0) <= t[partial].view(-1, 1, 1)  # [G', m, d]: dropped neurons
+            dropped[:, partial] = keep.sum(-1).T.to(torch.float64)
+            masked = torch.where(keep, h.unsqueeze(0), 0.0).view(-1, d)  # [G' * m, d]
+            part = (masked @ w.T).norm(dim=1).view(-1, m)  # [G', m]
             cett[:, partial] = (part / full).T.to(torch.float64)
         self.cett_sum = self.cett_sum + cett.sum(0).cpu()  # out of place: may be an inference tensor
-        self.sparsity_sum = self.sparsity_sum + (dropped.to(torch.float64) / d).sum(0).cpu()
+        self.sparsity_sum = self.sparsity_sum + (dropped / d).sum(0).cpu()
         self.tokens += m
 
     def mean_cett(self) -> torch.Tensor:
