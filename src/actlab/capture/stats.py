@@ -36,6 +36,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 
 from actlab.capture import scratch
@@ -227,7 +228,11 @@ class SiteStats:
         a, total = a[total > 0], total[total > 0]
         if not a.shape[0]:
             return
-        top = a.topk(max(ks), dim=1).values.to(torch.float64).cumsum(1)  # [m, kmax], largest first
+        if a.device.type == "cpu":  # numpy sorts these few short rows ~10x faster than torch.topk
+            srt = np.sort(a.numpy(), axis=1)[:, : -max(ks) - 1 : -1]  # [m, kmax], largest first
+            top = torch.from_numpy(np.cumsum(srt, axis=1, dtype=np.float64))
+        else:
+            top = a.topk(max(ks), dim=1).values.to(torch.float64).cumsum(1)
         k = torch.tensor(ks, device=a.device)
         self.topk_sum = self.topk_sum + (top[:, k - 1] / total[:, None]).sum(0).cpu()
         self.topk_tokens += a.shape[0]
