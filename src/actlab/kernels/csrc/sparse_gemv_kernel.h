@@ -90,25 +90,30 @@ KTARGET static void KNAME(cols_bn)(const float *wt, int64_t ld, const int32_t *i
     const int64_t nv = n / KW * KW;
     const float *base = wt + c0;
     int64_t k = 0;
-    for (; k + 2 <= nk; k += 2) {
+    for (; k + 4 <= nk; k += 4) {
         const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
-        const int64_t kp = k + 2 * ACTLAB_PF_GROUPS + 2 <= nk ? k + 2 * ACTLAB_PF_GROUPS : k;
+        const float *r2 = base + idx[k + 2] * ld, *r3 = base + idx[k + 3] * ld;
+        const int64_t kp = k + 4 * ACTLAB_PF_GROUPS + 4 <= nk ? k + 4 * ACTLAB_PF_GROUPS : k;
         const float *p0 = base + idx[kp] * ld, *p1 = base + idx[kp + 1] * ld;
-        const float *s0 = xv + k * B, *s1 = xv + (k + 1) * B;
+        const float *p2 = base + idx[kp + 2] * ld, *p3 = base + idx[kp + 3] * ld;
+        const float *s0 = xv + k * B, *s1 = s0 + B, *s2 = s1 + B, *s3 = s2 + B;
         int64_t c = 0;
         for (; c < nv; c += KW) {
             if ((c & (KLINE - 1)) == 0) {
                 __builtin_prefetch(p0 + c, 0, ACTLAB_PF_LOCALITY);
                 __builtin_prefetch(p1 + c, 0, ACTLAB_PF_LOCALITY);
+                __builtin_prefetch(p2 + c, 0, ACTLAB_PF_LOCALITY);
+                __builtin_prefetch(p3 + c, 0, ACTLAB_PF_LOCALITY);
             }
-            const KV w0 = KLOAD(r0 + c), w1 = KLOAD(r1 + c);
+            const KV w0 = KLOAD(r0 + c), w1 = KLOAD(r1 + c), w2 = KLOAD(r2 + c), w3 = KLOAD(r3 + c);
             for (int b = 0; b < B; ++b) {
                 float *acc = y + b * y_ld + c;
-                KSTORE(acc, KLOAD(acc) + s0[b] * w0 + s1[b] * w1);
+                KSTORE(acc, KLOAD(acc) + s0[b] * w0 + s1[b] * w1 + s2[b] * w2 + s3[b] * w3);
             }
         }
         for (; c < n; ++c)
-            for (int b = 0; b < B; ++b) y[b * y_ld + c] += s0[b] * r0[c] + s1[b] * r1[c];
+            for (int b = 0; b < B; ++b)
+                y[b * y_ld + c] += s0[b] * r0[c] + s1[b] * r1[c] + s2[b] * r2[c] + s3[b] * r3[c];
     }
     for (; k < nk; ++k) {
         const float *r0 = base + idx[k] * ld;
