@@ -6,6 +6,7 @@ Example:
 
 from __future__ import annotations
 
-from actlab.engine.generate import GenerateOutput, generate, make_cache
+from actlab.engine.cache import make_cache
+from actlab.engine.generate import GenerateOutput, generate
 
 __all__ = ["GenerateOutput", "generate", "make_cache"]

@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from actlab.engine.generate import generate, make_cache
+from actlab.engine.cache import make_cache
+from actlab.engine.generate import generate
 
 __all__ = [
     "DecodeSpeed",
@@ -63,12 +64,15 @@ class DecodeSpeed:
         prefill_s: median prefill seconds (forward over the prompt + first token).
         samples: decode tokens/s of each timed repetition.
         prefill_samples: prefill seconds of each timed repetition.
+        cpu_step_s: median CPU seconds (all threads) per decode step: robust to other processes taking
+            the cores, but it counts threads spinning while they wait, so compare it at one thread count.
     """
 
     tokens_per_s: float
     prefill_s: float
     samples: list[float]
     prefill_samples: list[float]
+    cpu_step_s: float = float("nan")
 
     @property
     def step_s(self) -> float:
@@ -76,10 +80,10 @@ class DecodeSpeed:
         return 1.0 / self.tokens_per_s
 
 
-def _speed(runs: list[tuple[float, float]]) -> DecodeSpeed:
-    """``[(decode tokens/s, prefill s)]`` -> medians and samples."""
+def _speed(runs: list[tuple[float, float, float]]) -> DecodeSpeed:
+    """``[(decode tokens/s, prefill s, CPU s per step)]`` -> medians and samples."""
     tps, pre = [r[0] for r in runs], [r[1] for r in runs]
-    return DecodeSpeed(statistics.median(tps), statistics.median(pre), tps, pre)
+    return DecodeSpeed(statistics.median(tps), statistics.median(pre), tps, pre, statistics.median(r[2] for r in runs))
 
 
 def _check_reps(reps: int, warmup: int) -> None:
@@ -88,11 +92,12 @@ def _check_reps(reps: int, warmup: int) -> None:
 
 
 def measure_decode(
-    model: nn.Module, prompt_ids: Tensor, new_tokens: int, reps: int = 5, warmup: int = 1
+    model: nn.Module, prompt_ids: Tensor, new_tokens: int, reps: int = 5, warmup: int = 1, cache: object = None
 ) -> DecodeSpeed:
     """Decode speed of :func:`actlab.engine.generate` (greedy, no eos stop), median over ``reps``.
 
-    One static cache is allocated and reused by every repetition, so allocation is not timed.
+    One static cache (``cache``, or a new one from :func:`~actlab.engine.make_cache`) serves every
+    repetition; it is allocated during the first prefill, never in the decode phase.
 
     Example:
         >>> import actlab, torch
@@ -103,12 +108,13 @@ def measure_decode(
     _check_reps(reps, warmup)
     if new_tokens < 2:
         raise ValueError("new_tokens must be >= 2 (the first new token comes from the prefill)")
-    cache = make_cache(model, prompt_ids.shape[1] + new_tokens)
+    if cache is None:
+        cache = make_cache(model, prompt_ids.shape[1] + new_tokens)
     runs = []
     for i in range(warmup + reps):
         out = generate(model, prompt_ids, new_tokens, cache=cache)
         if i >= warmup:
-            runs.append((out.decode_tokens_per_s, out.prefill_s))
+            runs.append((out.decode_tokens_per_s, out.prefill_s, out.decode_cpu_s / out.decode_steps))
     return _speed(runs)
 
 
@@ -128,9 +134,11 @@ class _Timestamps:
 
     def __init__(self) -> None:
         self.times: list[float] = []
+        self.cpu: list[float] = []
 
     def put(self, value: Tensor) -> None:
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
 
     def end(self) -> None:
         pass
@@ -173,7 +181,8 @@ def measure_hf_decode(
         if len(t) != new_tokens + 1:
             raise RuntimeError(f"model.generate emitted {len(t) - 1} tokens, expected {new_tokens}")
         if i >= warmup:
-            runs.append((prompt_ids.shape[0] * (new_tokens - 1) / (t[-1] - t[1]), t[1] - t[0]))
+            cpu_step = (stamps.cpu[-1] - stamps.cpu[1]) / (new_tokens - 1)
+            runs.append((prompt_ids.shape[0] * (new_tokens - 1) / (t[-1] - t[1]), t[1] - t[0], cpu_step))
     return _speed(runs)
 
 

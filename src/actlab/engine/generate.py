@@ -6,8 +6,8 @@ What it adds around the forward is kept to the minimum per token, and everything
 
 - a ``transformers.StaticCache`` sized for prompt + new tokens (no ``torch.cat`` growth per step);
 - ``position_ids`` preallocated and bumped in place;
-- the 4D attention mask built once and updated in place (one column per step), so HF's
-  ``create_causal_mask`` (a few hundred Python calls per step) is skipped — HF returns a 4D mask as-is;
+- the decode attention mask built once and updated in place (one slot per step), so HF's
+  ``create_causal_mask`` is skipped in the decode loop (HF returns a 4D mask as-is);
 - logits for the last position only (``logits_to_keep=1``), greedy ``argmax`` written into a preallocated
   output buffer, the next step's ``input_ids`` a view of that buffer;
 - no logits processors, stopping criteria or per-step dict plumbing (what ``model.generate`` pays for).
@@ -28,19 +28,20 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import inspect
+import contextlib
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GenerateOutput", "generate", "make_cache"]
+from actlab.engine.cache import check_cache, check_model_class, decoding, layer_lengths, make_cache
 
-#: attention implementations whose mask format we build ourselves (others: HF builds masks per step).
-_BOOL_MASK = {"sdpa"}
-_FLOAT_MASK = {"eager"}
+__all__ = ["GenerateOutput", "generate"]
+
+#: attention implementation -> value of a closed slot in the additive decode mask we build ourselves: what
+#: sdpa makes of a bool mask (-inf), what HF's eager masks hold (dtype min). Others: HF builds masks per step.
+_MASKED_VALUE = {"sdpa": lambda dtype: float("-inf"), "eager": lambda dtype: torch.finfo(dtype).min}
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class GenerateOutput:
         prefill_s: seconds of the prefill: one forward over the prompt and the choice of the first token.
         decode_s: seconds of the decode phase: every later token, one forward each.
         decode_steps: forwards in the decode phase (new tokens - 1).
+        prefill_cpu_s: CPU seconds of the prefill, all threads of the process (``time.process_time``):
+            unlike wall time, it does not grow when other processes take the cores.
+        decode_cpu_s: CPU seconds of the decode phase, all threads.
     """
 
     tokens: Tensor
@@ -62,6 +66,8 @@ class GenerateOutput:
     prefill_s: float
     decode_s: float
     decode_steps: int
+    prefill_cpu_s: float = float("nan")
+    decode_cpu_s: float = float("nan")
 
     @property
     def new_tokens(self) -> Tensor:
@@ -76,111 +82,47 @@ class GenerateOutput:
         return self.tokens.shape[0] * self.decode_steps / self.decode_s
 
 
-@functools.cache
-def _check_class(cls: type) -> None:
-    """Refuse, with a reason, model classes the engine cannot drive (checked once per class)."""
-    params = inspect.signature(cls.forward).parameters
-    missing = [p for p in ("past_key_values", "position_ids", "logits_to_keep") if p not in params]
-    if missing:
-        raise NotImplementedError(
-            f"actlab.engine.generate needs a causal LM whose forward takes {', '.join(missing)}; "
-            f"{cls.__name__} does not (use model.generate for it)"
-        )
-    if not getattr(cls, "_can_compile_fullgraph", False):
-        raise NotImplementedError(
-            f"{cls.__name__} does not support transformers.StaticCache, which actlab.engine.generate "
-            "needs (use model.generate for it)"
-        )
-
-
-def make_cache(model: nn.Module, max_cache_len: int) -> object:
-    """A ``transformers.StaticCache`` for ``model`` holding ``max_cache_len`` tokens, to reuse across calls.
-
-    Its tensors are allocated lazily on the first forward (batch size, dtype and device come from there);
-    :func:`generate` resets it before use, so a bench can pass the same cache to every repetition.
-
-    Example:
-        >>> import actlab
-        >>> model, _ = actlab.load_model("random:tiny-llama")
-        >>> cache = make_cache(model, 64)
-    """
-    from transformers import StaticCache
-
-    _check_class(type(model))
-    return StaticCache(config=model.config, max_cache_len=max_cache_len)
-
-
-def _layer_lengths(cache: object) -> list[int]:
-    """Slots of each layer of a static cache (sliding layers hold min(window, max_cache_len))."""
-    return [layer.max_cache_len for layer in cache.layers]
-
-
-def _check_cache(cache: object, batch: int, total: int) -> None:
-    """Refuse a reused cache too short (full-attention layers) or allocated for another batch size."""
-    short = [
-        layer.max_cache_len for layer in cache.layers
-        if not getattr(layer, "is_sliding", False) and layer.max_cache_len < total
-    ]
-    if short:
-        raise ValueError(f"cache holds {min(short)} tokens, this call needs {total}: make_cache(model, {total})")
-    sizes = {layer.batch_size for layer in cache.layers if getattr(layer, "is_initialized", False)}
-    if sizes and sizes != {batch}:
-        raise ValueError(f"cache was allocated for batch size {sizes.pop()}, this call has {batch}")
-
-
 class _Masks:
-    """The 4D attention masks of one generation: the prefill's, then one decode row updated in place.
+    """The attention masks of one generation.
 
-    Key slot ``j`` of the static cache holds token ``j`` (prompt then new tokens); query at slot ``s`` may
-    see slot ``j`` iff ``j <= s`` and slot ``j`` is not padding. Padding query rows see only themselves so
-    their (unused) hidden states stay finite: a fully masked sdpa row is NaN, and a NaN value in the cache
-    poisons real rows even at zero attention weight.
+    Prefill: the model builds its own masks from the 2D padding mask, as in a plain forward (a one-off;
+    for sdpa without padding HF then uses its causal kernel).
+    Decode: one additive row ``[batch, 1, 1, cache_len]`` built once: key slot ``j`` of the static cache
+    holds token ``j`` (prompt then new tokens) and is open iff it is written and not padding, so each step
+    only opens the slot it writes. Additive, not bool: sdpa would otherwise turn a bool mask into this
+    same ``-inf`` mask with a ``torch.where`` in every layer, every step.
     """
 
     def __init__(self, model: nn.Module, cache: object, pad: Tensor | None, batch: int, prompt_len: int, total: int):
-        impl, device = model.config._attn_implementation, model.device
-        lengths = _layer_lengths(cache)
+        impl, device, dtype = model.config._attn_implementation, model.device, model.dtype
+        lengths = layer_lengths(cache)
         cache_len = max(lengths)
-        # Every layer returns its whole static buffer as keys, so one mask fits all layers iff all buffers
+        self.prompt_len = prompt_len
+        self.mask_2d = torch.ones(batch, total, dtype=torch.long, device=device)  # [batch, total] 1 = real
+        if pad is not None:
+            self.mask_2d[:, :prompt_len] = pad.long()
+        self.padded = pad is not None
+        # Every layer returns its whole static buffer as keys, so one row fits all layers iff all buffers
         # have one length and hold every token: a sliding window shorter than the generation (rolling
         # buffer, shifting mask geometry) is left to HF's own mask builder, as model.generate does.
-        self.prebuilt = impl in _BOOL_MASK | _FLOAT_MASK and min(lengths) == cache_len >= total
-        self.prompt_len = prompt_len
-        if not self.prebuilt:
-            # The model's forward builds its masks from a 2D one, as in a plain forward.
-            self.mask_2d = torch.ones(batch, total, dtype=torch.long, device=device)
-            if pad is not None:
-                self.mask_2d[:, :prompt_len] = pad.long()
-            return
-        slots, queries = torch.arange(cache_len, device=device), torch.arange(prompt_len, device=device)
-        causal = slots[None, :] <= queries[:, None]  # [prompt, cache_len]
-        valid = torch.ones(batch, cache_len, dtype=torch.bool, device=device)  # [batch, cache_len]
-        if pad is not None:
-            valid[:, :prompt_len] = pad
-        allowed = causal[None] & valid[:, None, :]  # [batch, prompt, cache_len]
-        allowed |= (slots[None, :] == queries[:, None])[None]  # padding rows see themselves
-        # The decode row: every real prompt slot, new slots switched on as they are written.
-        decode = valid.clone()
-        decode[:, prompt_len:] = False
-        allowed, decode = allowed[:, None], decode[:, None, None, :]  # [batch, 1, q, cache_len]
-        if impl in _FLOAT_MASK:
-            neg = torch.finfo(model.dtype).min
-            zero = torch.zeros((), dtype=model.dtype, device=device)
-            self.prefill = torch.where(allowed, zero, neg)
-            self.decode = torch.where(decode, zero, neg)
-            self.on: float | bool = 0.0
-        else:
-            self.prefill, self.decode, self.on = allowed, decode, True
+        self.prebuilt = impl in _MASKED_VALUE and min(lengths) == cache_len >= total
+        if self.prebuilt:
+            closed = torch.ones(batch, 1, 1, cache_len, dtype=torch.bool, device=device)
+            closed[:, 0, 0, :prompt_len] = self.mask_2d[:, :prompt_len] == 0
+            masked = _MASKED_VALUE[impl](dtype)
+            self.decode = torch.zeros(batch, 1, 1, cache_len, dtype=dtype, device=device).masked_fill_(closed, masked)
 
-    def prefill_mask(self) -> Tensor:
-        return self.prefill if self.prebuilt else self.mask_2d[:, : self.prompt_len]
+    def prefill_mask(self) -> Tensor | None:
+        return self.mask_2d[:, : self.prompt_len] if self.padded else None
 
-    def decode_mask(self, slot: int) -> Tensor:
-        """The mask for a query written at cache slot ``slot`` (prebuilt: updated in place, no allocation)."""
+    def decode_mask(self, slot: int, slot_t: Tensor) -> Tensor:
+        """The mask for a query written at cache slot ``slot`` (``slot_t``: the same as a ``[1]`` tensor).
+
+        Prebuilt: opens that slot in place, one op, no allocation.
+        """
         if not self.prebuilt:
             return self.mask_2d[:, : slot + 1]
-        self.decode[..., slot] = self.on
-        return self.decode
+        return self.decode.index_fill_(-1, slot_t, 0.0)
 
 
 def _sampler(do_sample: bool, temperature: float, top_k: int | None, seed: int | None):
@@ -251,7 +193,7 @@ def generate(
         >>> generate(model, ids, max_new_tokens=4).tokens.shape
         torch.Size([2, 7])
     """
-    _check_class(type(model))
+    check_model_class(type(model))
     if input_ids.ndim != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be [batch, prompt] with prompt >= 1, got {tuple(input_ids.shape)}")
     if max_new_tokens < 1:
@@ -261,7 +203,7 @@ def generate(
     total = prompt_len + max_new_tokens
     if cache is None:
         cache = make_cache(model, total)
-    _check_cache(cache, batch, total)
+    check_cache(cache, batch, total)
     with torch.inference_mode():  # the cache's tensors were made in inference mode: reset them there
         cache.reset()  # zeroes the KV tensors and the lengths, keeps the allocation
 
@@ -290,7 +232,7 @@ def generate(
     end = total
 
     with torch.inference_mode():
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         logits = model(
             input_ids=input_ids.to(device), attention_mask=masks.prefill_mask(), position_ids=prefill_pos,
             past_key_values=cache, use_cache=True, logits_to_keep=1,
@@ -300,27 +242,32 @@ def generate(
             finished |= torch.isin(out[:, prompt_len], eos)
             if bool(finished.all()):
                 end = prompt_len + 1
-        t1 = time.perf_counter()
+        c1, t1 = time.process_time(), time.perf_counter()
 
-        # The decode loop: one forward per token, nothing rebuilt.
+        # The decode loop: one forward per token, nothing rebuilt. Step s feeds token s (out[:, s]), whose
+        # key/value go to cache slot s, and writes token s + 1.
         slot = prompt_len
-        while slot + 1 < end:
-            pos += 1
-            logits = model(
-                input_ids=out[:, slot : slot + 1], attention_mask=masks.decode_mask(slot), position_ids=pos,
-                past_key_values=cache, use_cache=True, logits_to_keep=1,
-            ).logits  # [batch, 1, vocab]
-            slot += 1
-            if eos is None:
-                out[:, slot] = pick(logits[:, -1])
-                continue
-            out[:, slot] = pick(logits[:, -1]).masked_fill(finished, pad_token_id)
-            finished |= torch.isin(out[:, slot], eos)
-            if bool(finished.all()):
-                end = slot + 1
-        t2 = time.perf_counter()
+        slot_t = torch.tensor([prompt_len - 1], device=device)  # cache slot written last, shared by the layers
+        # HF's mask builder (not prebuilt) reads the layers' lengths each step: keep HF's own update then.
+        with decoding(cache, slot_t) if masks.prebuilt else contextlib.nullcontext():
+            while slot + 1 < end:
+                pos += 1
+                slot_t += 1
+                logits = model(
+                    input_ids=out[:, slot : slot + 1], attention_mask=masks.decode_mask(slot, slot_t),
+                    position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                ).logits  # [batch, 1, vocab]
+                slot += 1
+                if eos is None:
+                    out[:, slot] = pick(logits[:, -1])
+                    continue
+                out[:, slot] = pick(logits[:, -1]).masked_fill(finished, pad_token_id)
+                finished |= torch.isin(out[:, slot], eos)
+                if bool(finished.all()):
+                    end = slot + 1
+        c2, t2 = time.process_time(), time.perf_counter()
 
     return GenerateOutput(
         tokens=out[:, :end], prompt_len=prompt_len, prefill_s=t1 - t0, decode_s=t2 - t1,
-        decode_steps=end - prompt_len - 1,
+        decode_steps=end - prompt_len - 1, prefill_cpu_s=c1 - c0, decode_cpu_s=c2 - c1,
     )
