@@ -60,3 +60,41 @@ def test_topk_stays_on_masking_path_with_warning():
     with pytest.warns(UserWarning, match="top-k"):
         left = install_kernels(model, plan)
     assert len(left) == len(plan.entries)
+
+
+def test_apply_kernels_and_remove_through_public_api():
+    model, _ = actlab.load_model("random:tiny-llama")
+    plan = calibrate(model, actlab.WinaConfig(0.5), _calib())
+    ids = torch.randint(3, 259, (1, 10))
+    with torch.no_grad():
+        dense = model(input_ids=ids).logits
+        actlab.apply_(model, plan)
+        masked = model(input_ids=ids).logits
+        actlab.remove_(model)
+        actlab.apply_(model, plan, kernels=True)
+        with pytest.raises(actlab.PlanError, match="already has a sparsity plan"):
+            actlab.apply_(model, plan)
+        fast = model(input_ids=ids).logits
+        actlab.remove_(model)
+        again = model(input_ids=ids).logits
+    torch.testing.assert_close(fast, masked, rtol=1e-4, atol=1e-4)
+    assert torch.equal(again, dense)
+
+
+def test_disabled_kernels_fall_back_with_warning(monkeypatch):
+    from actlab.kernels import ops
+
+    model, _ = actlab.load_model("random:tiny-llama")
+    plan = calibrate(model, actlab.TealConfig(0.5), _calib())
+    ids = torch.randint(3, 259, (1, 1))
+    with torch.no_grad():
+        actlab.apply_(model, plan)
+        masked = model(input_ids=ids).logits
+        actlab.remove_(model)
+        monkeypatch.setenv("ACTLAB_DISABLE_KERNELS", "1")
+        monkeypatch.setattr(ops, "_warned", set())
+        actlab.apply_(model, plan, kernels=True)
+        with pytest.warns(ops.ActlabKernelWarning, match="disabled"):
+            slow = model(input_ids=ids).logits
+        actlab.remove_(model)
+    torch.testing.assert_close(slow, masked, rtol=1e-5, atol=1e-5)

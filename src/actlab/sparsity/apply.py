@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -103,6 +104,11 @@ def _width(model: nn.Module, e: PlanEntry) -> int:
     return linear_weight(model.get_submodule(e.consumers[-1])).shape[1]
 
 
+def _has_kernels(model: nn.Module) -> bool:
+    swap = sys.modules.get("actlab.kernels.swap")
+    return swap is not None and bool(swap.kernel_modules(model))
+
+
 def check_plan(model: nn.Module, plan: SparsityPlan) -> None:
     """Everything ``apply_`` needs, checked before touching the model.
 
@@ -110,7 +116,7 @@ def check_plan(model: nn.Module, plan: SparsityPlan) -> None:
         PlanError: the model already has masks, the plan was made for another model, or an entry's modules
             or threshold shapes do not fit.
     """
-    if masked_modules(model):
+    if masked_modules(model) or _has_kernels(model):
         raise PlanError("the model already has a sparsity plan applied: call actlab.remove_(model) first")
     why = fingerprint_mismatch(plan.model, model_fingerprint(model))
     if why is not None:
@@ -128,15 +134,28 @@ def check_plan(model: nn.Module, plan: SparsityPlan) -> None:
             raise PlanError(f"plan entry {e.key}: threshold has {e.threshold.numel()} channels, the layer {width}")
 
 
-def apply_(model: nn.Module, plan: SparsityPlan) -> nn.Module:
+def apply_(model: nn.Module, plan: SparsityPlan, kernels: bool = False) -> nn.Module:
     """Install ``plan``'s masks in ``model`` (in place; returns it). Nothing is applied if a check fails.
+
+    Args:
+        model: the model the plan was made for.
+        plan: a calibrated :class:`SparsityPlan`.
+        kernels: swap in the sparse-input CPU kernel modules (``actlab.kernels``), which skip the
+            weight rows of masked inputs and so decode faster; entries the kernels cannot take
+            (top-k) stay on the masking path. Without the compiled kernels this still works, on
+            the pure-PyTorch reference, with a warning.
 
     Example:
         >>> actlab.apply_(model, actlab.SparsityPlan.load("plans/teal50"))   # doctest: +SKIP
         >>> model.generate(ids, max_new_tokens=20)                           # doctest: +SKIP
     """
     check_plan(model, plan)
-    for e in plan.entries:
+    entries = plan.entries
+    if kernels:
+        from actlab.kernels.swap import install_kernels
+
+        entries = install_kernels(model, plan)
+    for e in entries:
         for path in e.modules:
             inner = model.get_submodule(path)
             if e.kind == "input":
@@ -151,9 +170,15 @@ def apply_(model: nn.Module, plan: SparsityPlan) -> nn.Module:
 
 
 def remove_(model: nn.Module) -> nn.Module:
-    """Put back every original module a plan wrapped (in place; returns the model). Idempotent."""
+    """Put back every original module a plan replaced (in place; returns the model). Idempotent.
+
+    Masking wrappers give back the very modules they hold; kernel modules rebuild bit-identical
+    ``nn.Linear`` layers from their (transposed) weights.
+    """
     for path, wrapper in masked_modules(model):
         _set_module(model, path, wrapper.inner)
+    if "actlab.kernels.swap" in sys.modules:  # kernels can only be installed once this is imported
+        sys.modules["actlab.kernels.swap"].remove_kernels(model)
     return model
 
 
