@@ -300,7 +300,9 @@ def test_summary_is_strict_json_and_input_checks() -> None:
     s = SiteStats(3, CFG, down_weight=torch.ones(2, 3))
     json.dumps(s.summary(per_channel=True), allow_nan=False)  # empty: undefined values are None
     s.update(torch.full((4, 3), math.nan))
-    json.dumps(s.summary(per_channel=True), allow_nan=False)
+    out = s.summary(per_channel=True)
+    json.dumps(out, allow_nan=False)
+    assert out["nan"] == 12 and out["count"] == 0 and out["absmax"] is None and out["density"]["0"] is None
     with pytest.raises(ValueError, match="last dimension"):
         s.update(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="down_weight"):

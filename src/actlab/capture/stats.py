@@ -251,7 +251,7 @@ class SiteStats:
             "std": _num(var.sqrt()),
             "skew": _num(g.skew()),
             "kurtosis": _num(g.kurtosis()),
-            "absmax": _num(self.chan_absmax.max()) if self.tokens else None,
+            "absmax": _num(self.chan_absmax.max()) if int(g.n) else None,
         }
         eps = [0.0 if e == 0 else self.hist.snap(e)[1] for e in c.eps_grid]
         out["density"] = {_key(s): self.density(e) for e, s in zip(c.eps_grid, eps, strict=True)}
