@@ -218,7 +218,7 @@ def assert_summaries_close(a: dict, b: dict, path: str = "") -> None:
 MERGE_CFG = StatsConfig(sample_rows=1000)  # every row sampled: sampled metrics merge exactly too
 
 
-@settings(max_examples=15, deadline=None, database=None)
+@settings(max_examples=10, deadline=None, database=None)
 @given(
     kind=st.sampled_from(["normal", "heavy", "relu", "nonfinite"]),
     d=st.integers(1, 9),
