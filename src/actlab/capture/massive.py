@@ -105,6 +105,8 @@ class MassiveTracker:
         x = x.detach()
         if x.dim() == 2:
             x = x.unsqueeze(0)
+            if token_ids is not None and token_ids.dim() == 1:
+                token_ids = token_ids.unsqueeze(0)
         if x.dim() != 3:
             raise ValueError(f"expected [batch, seq, d], got shape {tuple(x.shape)}")
         if token_ids is not None and tuple(token_ids.shape) != tuple(x.shape[:2]):
