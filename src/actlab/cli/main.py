@@ -25,6 +25,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("calibrate", "calibrate"),
     ("eval", "eval"),
     ("generate", "generate"),
+    ("bench", "bench"),
 ]
 
 for _module, _func in _COMMANDS:

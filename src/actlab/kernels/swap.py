@@ -71,13 +71,19 @@ class _Group:
 
     def outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         # The same object at the same version is the same input: q, k, v of one forward.
-        if x is not self._x or x._version != self._version:
+        version = _version(x)
+        if x is not self._x or version != self._version:
             self._outs = self.fused(x)
-            self._x, self._version = x, x._version
+            self._x, self._version = x, version
         return self._outs
 
     def clear(self) -> None:
         self._x, self._outs = None, ()
+
+
+def _version(x: torch.Tensor) -> int:
+    # inference-mode tensors carry no version counter (and cannot be modified in place outside it)
+    return 0 if x.is_inference() else x._version
 
 
 def _set(model: nn.Module, path: str, module: nn.Module) -> None:
@@ -110,7 +116,9 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
         down = f"{prefix}.{adapter.down}"
         act_entries = [e for e in entries if e.kind == "act"]
         if act_entries and (adapter.fused_gate_up or not adapter.gated or len(gate_up) != 2):
-            _warn(f"layer {layer}: the fused gated-MLP kernel needs separate gate and up projections; masking instead")
+            _warn(
+                f"layer {layer}: the fused gated-MLP kernel needs separate gate and up projections; masking instead"
+            )
             leftover += act_entries
             act_entries = []
         if act_entries:
@@ -137,12 +145,15 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
             for i, path in enumerate(e.consumers):
                 _set(model, path, FusedMember(group, i))
     if any(e.kind == "topk" for e in leftover):
-        _warn("top-k entries select per token, not by threshold: they run on the masking path, not the kernels")
+        _warn(
+            "top-k entries select per token, not by threshold: they run on the masking path, not the kernels"
+        )
     return leftover
 
 
-def _mlp_kernel(model: nn.Module, act_entry: Any, mlp_entries: list[Any], gate_up: tuple[str, ...],
-                down: str, act: str) -> bool:
+def _mlp_kernel(
+    model: nn.Module, act_entry: Any, mlp_entries: list[Any], gate_up: tuple[str, ...], down: str, act: str
+) -> bool:
     gate, up = (model.get_submodule(p) for p in gate_up)
     down_mod = model.get_submodule(down)
     if not all(_is_plain_linear(m) for m in (gate, up, down_mod)):
@@ -152,8 +163,9 @@ def _mlp_kernel(model: nn.Module, act_entry: Any, mlp_entries: list[Any], gate_u
     if len(mlp_entries) > (t_in is not None) + (t_down is not None):
         return False  # gate and up with different input thresholds: not one fused MLP
     try:
-        sparse = SparseGatedMLP.from_linears(gate, up, down_mod, act=act, t_act=act_entry.threshold,
-                                             t_in=t_in, t_down=t_down)
+        sparse = SparseGatedMLP.from_linears(
+            gate, up, down_mod, act=act, t_act=act_entry.threshold, t_in=t_in, t_down=t_down
+        )
     except ValueError as err:
         _warn(f"{act_entry.key}: {err}; masking instead")
         return False
@@ -163,14 +175,18 @@ def _mlp_kernel(model: nn.Module, act_entry: Any, mlp_entries: list[Any], gate_u
     shell = model.get_submodule(mlp_path)
     for p in (*gate_up, down):  # drop the dense weights: the kernel layout is the only copy
         _set(model, p, nn.Identity())
-    object.__setattr__(sparse, "_actlab_shell", (shell, tuple(p.removeprefix(mlp_path + ".") for p in (*gate_up, down))))
+    object.__setattr__(
+        sparse, "_actlab_shell", (shell, tuple(p.removeprefix(mlp_path + ".") for p in (*gate_up, down)))
+    )
     _set(model, mlp_path, sparse)
     return True
 
 
 def kernel_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(path, module)`` of every kernel module installed in ``model``."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseGatedMLP, FusedMember))]
+    return [
+        (n, m) for n, m in model.named_modules() if isinstance(m, (SparseLinear, SparseGatedMLP, FusedMember))
+    ]
 
 
 def remove_kernels(model: nn.Module) -> None:
