@@ -26,6 +26,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("eval", "eval"),
     ("generate", "generate"),
     ("bench", "bench"),
+    ("optimize", "optimize"),
 ]
 
 for _module, _func in _COMMANDS:

@@ -1,0 +1,55 @@
+"""``actlab optimize``: the main job, from a model to a measured, faster sparsity plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
+
+
+def optimize(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: alias, directory, .gguf, random:<preset> or hub id."),
+    max_ppl_increase: float = typer.Option(None, "--max-ppl-increase", "-p", help="Quality budget: the sparsest plan whose held-out perplexity rises by at most P percent (default 5 when --sparsity is not given)."),
+    sparsity: float = typer.Option(None, "--sparsity", "-s", help="Or a model-wide sparsity target: the best-quality plan at it."),
+    method: str = typer.Option("auto", "--method", help="auto (try teal/global, wina/global and chess, keep the best) or one method name."),
+    data: str = typer.Option("default", "--data", "-d", help="Corpus: 'default' (built-in, offline), a file, a directory, .jsonl[:field] or hf:<name>."),
+    calib_tokens: int = typer.Option(8192, "--calib-tokens", help="Calibration tokens (calib split)."),
+    search_tokens: int = typer.Option(4096, "--search-tokens", help="Held-out calibration tokens for the choice and the quality search."),
+    eval_tokens: int = typer.Option(8192, "--eval-tokens", help="Evaluation tokens (eval split, never seen in calibration)."),
+    seq_len: int = typer.Option(256, "--seq-len", "-L", help="Tokens per window."),
+    new_tokens: int = typer.Option(64, "--new-tokens", help="Tokens decoded per speed measurement."),
+    threads: int = typer.Option(2, "--threads", "-t", help="Threads for torch and the kernels."),
+    out: Path = typer.Option(Path("runs/optimize"), "--out", "-o", help="Output directory: plan/, report.html, summary.json."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
+) -> None:
+    """Profile, calibrate (choosing the method), evaluate and benchmark; write the plan and one report.
+
+    Example:
+
+        actlab optimize --model smollm2-135m --max-ppl-increase 5 --out runs/smollm2-opt
+    """
+    if max_ppl_increase is not None and sparsity is not None:
+        fail("give one of --max-ppl-increase or --sparsity, not both")
+    if max_ppl_increase is None and sparsity is None:
+        max_ppl_increase = 5.0
+    if min(calib_tokens, search_tokens, eval_tokens) <= 0 or seq_len < 2 or threads < 1:
+        fail("token counts must be positive, --seq-len >= 2 and --threads >= 1")
+    with cli_errors():
+        from actlab.optimize import optimize as run
+
+        quiet_libraries()
+        summary = run(model=model, out=out, max_ppl_increase=max_ppl_increase, sparsity=sparsity, method=method,
+                      data=data, calib_tokens=calib_tokens, search_tokens=search_tokens, eval_tokens=eval_tokens,
+                      seq_len=seq_len, new_tokens=new_tokens, threads=threads,
+                      step=lambda msg: console.print(f"· {msg}", highlight=False))
+    ev = summary["eval"]
+    console.print(
+        f"chosen {summary['chosen']}: sparsity {ev['sparsity_model_wide']:.1%}, perplexity {ev['ppl_dense']:.3f} → "
+        f"{ev['ppl']:.3f} ({ev['ppl_increase_pct']:+.2f}%), decode {summary['speedup']:.2f}x dense\n"
+        f"report: [bold]{summary['report']}[/]  plan: {summary['plan']}",
+        highlight=False,
+    )
+    if json_out:
+        print_json(summary)

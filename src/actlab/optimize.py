@@ -1,0 +1,152 @@
+"""The main job: profile → calibrate (choosing the method) → evaluate → benchmark → one report.
+
+Example:
+    >>> summary = optimize("smollm2-135m", out="runs/smollm2-opt", max_ppl_increase=5.0)   # doctest: +SKIP
+    >>> summary["plan"], summary["speedup"]                                               # doctest: +SKIP
+    ('runs/smollm2-opt/plan', 1.45)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+#: candidate methods tried by ``method="auto"``: (label, config dict)
+AUTO_CANDIDATES: tuple[dict[str, Any], ...] = (
+    {"method": "teal", "allocation": "global"},
+    {"method": "wina", "allocation": "global"},
+    {"method": "chess"},
+)
+
+
+@dataclass
+class Candidate:
+    """One calibrated candidate plan and how it did on held-out calibration text."""
+
+    label: str
+    plan: Any
+    sparsity: float
+    ppl: float
+    ppl_increase_pct: float
+    trace: list[dict[str, float]]
+
+
+def _label(cfg: dict[str, Any]) -> str:
+    return cfg["method"] + (f" ({cfg['allocation']})" if "allocation" in cfg else "")
+
+
+def _calibrate_candidate(net: Any, cfg: dict[str, Any], calib: Any, heldout: Any, sparsity: float | None,
+                         max_ppl: float | None, ppl_dense: float, step: Callable[[str], None]) -> Candidate:
+    import actlab
+    from actlab.eval.perplexity import perplexity
+    from actlab.sparsity.config import config_from_dict
+
+    config = config_from_dict({**cfg, "sparsity": sparsity if sparsity is not None else 0.5})
+    step(f"calibrating {_label(cfg)}")
+    prepared = actlab.prepare(net, config, calib)
+    if max_ppl is not None:
+        res = actlab.search_quality(net, prepared, heldout, max_ppl, ppl_dense=ppl_dense)
+        plan, ppl, trace = res.plan, res.ppl, res.trace
+    else:
+        plan = prepared.plan()
+        actlab.apply_(net, plan)
+        try:
+            ppl = perplexity(net, heldout).ppl
+        finally:
+            actlab.remove_(net)
+        trace = []
+    return Candidate(_label(cfg), plan, float(plan.metrics.get("sparsity_model_wide", 0.0)), ppl,
+                     100.0 * (ppl / ppl_dense - 1.0), trace)
+
+
+def optimize(
+    model: str = "smollm2-135m",
+    out: str | os.PathLike = "runs/optimize",
+    max_ppl_increase: float | None = None,
+    sparsity: float | None = None,
+    method: str = "auto",
+    data: str = "default",
+    calib_tokens: int = 8192,
+    search_tokens: int = 4096,
+    eval_tokens: int = 8192,
+    profile_tokens: int = 4096,
+    seq_len: int = 256,
+    new_tokens: int = 64,
+    threads: int | None = None,
+    reps: int = 3,
+    step: Callable[[str], None] = lambda msg: None,
+) -> dict[str, Any]:
+    """Find, check and measure a sparsity plan for ``model``; write ``out``/{plan/, report.html, summary.json}.
+
+    Args:
+        max_ppl_increase: quality budget in percent (the sparsest plan within it), or
+        sparsity: a model-wide sparsity target (the best-quality plan at it). One of the two.
+        method: ``auto`` tries :data:`AUTO_CANDIDATES` and keeps the best; or one method name.
+
+    Returns:
+        The summary (also written as ``summary.json``).
+    """
+    import actlab
+    from actlab.capture.stats import StatsConfig
+    from actlab.data.windows import make_windows
+    from actlab.engine.plan_bench import bench_plan
+    from actlab.eval.perplexity import perplexity
+    from actlab.eval.sparse import evaluate_plan
+    from actlab.outputs import check_writable, staged_output, write_json_atomic
+    from actlab.profile import profile_model
+    from actlab.report.optimize_html import render_optimize
+    from actlab.report.plots import density_by_layer, histograms
+    from actlab.sparsity.calibrate import calibration_windows
+
+    if (max_ppl_increase is None) == (sparsity is None):
+        raise actlab.PlanError("give exactly one of max_ppl_increase or sparsity")
+    out = check_writable(out)
+    corpus = actlab.load_corpus(data)
+    net, tok = actlab.load_model(model)
+    calib, heldout = calibration_windows(corpus, tok, seq_len, calib_tokens, search_tokens)
+    evals = make_windows(corpus, tok, seq_len, eval_tokens, split="eval")
+
+    step("profiling activations")
+    prof = profile_model(net, calib[: max(1, profile_tokens // seq_len)], config=StatsConfig(), progress=False,
+                         tokenizer=tok).to_dict()
+    prof.update(model={"name": model}, num_layers=prof["num_layers"])
+
+    ppl_heldout = perplexity(net, heldout).ppl
+    cfgs = AUTO_CANDIDATES if method == "auto" else ({"method": method},)
+    candidates = [_calibrate_candidate(net, c, calib, heldout, sparsity, max_ppl_increase, ppl_heldout, step)
+                  for c in cfgs]
+    if max_ppl_increase is not None:  # sparsest within budget
+        best = max(candidates, key=lambda c: (c.ppl_increase_pct <= max_ppl_increase + 1e-9, c.sparsity))
+        why = f"highest model-wide sparsity with held-out perplexity within +{max_ppl_increase:g}%"
+    else:  # best quality at the target
+        best = min(candidates, key=lambda c: c.ppl)
+        why = f"lowest held-out perplexity at {sparsity:.0%} model-wide sparsity"
+
+    step(f"evaluating {best.label} on the eval split")
+    ev = evaluate_plan(net, best.plan, evals)
+    step("benchmarking decode speed")
+    prompt = evals[:1, :32]
+    speed = bench_plan(net, best.plan, prompt, new_tokens=new_tokens, reps=reps, num_threads=threads)
+
+    summary = {
+        "model": model,
+        "method": best.plan.method,
+        "chosen": best.label,
+        "why": why,
+        "candidates": [{"label": c.label, "sparsity_model_wide": c.sparsity, "ppl_heldout": c.ppl,
+                        "ppl_increase_pct_heldout": c.ppl_increase_pct} for c in candidates],
+        "eval": ev.to_dict(),
+        "speed": {k: v for k, v in speed.items() if k != "samples"},
+        "speedup": speed["speedup"],
+        "plan": str(out / "plan"),
+        "report": str(out / "report.html"),
+    }
+    with staged_output(out) as tmp:
+        best.plan.save(tmp / "plan")
+        images = {"density_by_layer": density_by_layer(prof, tmp / "density_by_layer.png"),
+                  "histograms": histograms(prof, tmp / "histograms.png")}
+        write_json_atomic(tmp / "summary.json", summary)
+        (tmp / "report.html").write_text(render_optimize(summary, candidates, images, tmp), encoding="utf-8")
+    return summary
