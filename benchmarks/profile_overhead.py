@@ -9,16 +9,20 @@ of each is reported, so machine noise hits both alike. Target: profiling ≤ 1.5
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-import torch
+# as `actlab profile` does: must be set before torch (and its OpenMP runtime) loads; applies to both runs
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import actlab
-from actlab.data.corpus import load_corpus
-from actlab.data.windows import make_windows
-from actlab.envinfo import machine_line
-from actlab.profile import profile_model
+import torch  # noqa: E402
+
+import actlab  # noqa: E402
+from actlab.data.corpus import load_corpus  # noqa: E402
+from actlab.data.windows import make_windows  # noqa: E402
+from actlab.envinfo import machine_line  # noqa: E402
+from actlab.profile import profile_model  # noqa: E402
 
 
 def main() -> None:
@@ -55,7 +59,7 @@ def main() -> None:
         times["forward"].append(plain())
         times["profile"].append(profiled())
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"machine: {machine_line()}")
+    print(f"machine: {machine_line()}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
     print(f"command: python benchmarks/profile_overhead.py --model {args.model} --tokens {args.tokens} "
           f"--seq-len {args.seq_len} --reps {args.reps} --threads {args.threads}")
     print()

@@ -89,7 +89,7 @@ def optimize(
         The summary (also written as ``summary.json``).
     """
     import actlab
-    from actlab.capture.stats import StatsConfig
+    from actlab.activations.stats import StatsConfig
     from actlab.data.windows import make_windows
     from actlab.engine.plan_bench import bench_plan
     from actlab.eval.perplexity import perplexity

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from actlab.activations.hooks import capture
+from actlab.activations.massive import MassiveConfig, MassiveTracker
 from actlab.activations.sites import Site, resolve_sites
-from actlab.capture.massive import MassiveConfig, MassiveTracker
-from actlab.capture.stats import SiteStats, StatsConfig
+from actlab.activations.stats import SiteStats, StatsConfig
 from actlab.models.adapters import linear_weight
 
 FORMAT = "actlab.profile/1"

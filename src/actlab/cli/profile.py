@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -36,13 +37,16 @@ def profile(
         fail(f"--tokens must be positive, got {tokens}")
     if seq_len <= 1:
         fail(f"--seq-len must be at least 2, got {seq_len}")
+    # Profiling runs ~25 small parallel ops per site; OpenMP threads spinning between them cost
+    # 2-3x on a busy machine. Only effective before torch loads, which this command does lazily.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with cli_errors():
         from actlab.outputs import check_writable
 
         check_writable(out)  # before minutes of work, not after
         import torch
 
-        from actlab.capture.massive import MassiveConfig
+        from actlab.activations.massive import MassiveConfig
         from actlab.report.profile_report import profile_report
 
         if threads > 0:

@@ -47,6 +47,11 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _mean(values: Any) -> float | str:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else "-"
+
+
 def _site_kind_summary(profile: dict) -> str:
     eps_keys = list(next(iter(profile["sites"].values()))["density"])
     kinds: dict[str, list[dict]] = {}
@@ -61,7 +66,7 @@ def _site_kind_summary(profile: dict) -> str:
         rows.append(
             [kind, n]
             + [sum(s["density"][e] for s in ss) / n for e in eps_keys]
-            + [sum(s["kurtosis"] for s in ss) / n, max(s["absmax"] for s in ss)]
+            + [_mean(s["kurtosis"] for s in ss), max((s["absmax"] or 0.0) for s in ss)]
         )
     header = ["site", "layers"] + [f"density |x|>{float(e):.3g}" for e in eps_keys] + ["mean kurtosis", "max |x|"]
     return _table(header, rows)

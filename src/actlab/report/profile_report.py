@@ -14,8 +14,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from actlab.capture.massive import MassiveConfig
-from actlab.capture.stats import StatsConfig
+from actlab.activations.massive import MassiveConfig
+from actlab.activations.stats import StatsConfig
 from actlab.outputs import staged_output, write_json_atomic
 
 #: the ε whose density the summary and the per-layer table show
@@ -24,6 +24,12 @@ REPORT_EPS = 0.01
 
 def _nearest_key(keys: Iterable[str], value: float) -> str:
     return min(keys, key=lambda k: abs(float(k) - value))
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    """Mean of the defined values (a constant site has no kurtosis)."""
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def summarize(doc: dict[str, Any]) -> dict[str, Any]:
@@ -39,7 +45,7 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s": round(doc["timing"]["tokens_per_s"], 1),
         "density_nonzero": {k: sum(s["density"]["0"] for s in v) / len(v) for k, v in by_kind.items()},
         f"density_above_{eps_key}": {k: sum(s["density"][eps_key] for s in v) / len(v) for k, v in by_kind.items()},
-        "mean_kurtosis": {k: sum(s["kurtosis"] for s in v) / len(v) for k, v in by_kind.items()},
+        "mean_kurtosis": {k: _mean(s["kurtosis"] for s in v) for k, v in by_kind.items()},
         "massive_activations": len(doc["massive_activations"]),
         "dead_neurons": sum(n.get("dead", 0) for n in doc["neurons"].values()),
     }

@@ -38,11 +38,11 @@ import math
 import numpy as np
 import torch
 
-from actlab.capture import scratch
-from actlab.capture.cett import CettCurve
-from actlab.capture.histogram import LogHistogram
-from actlab.capture.moments import Moments
-from actlab.capture.stats_config import StatsConfig
+from actlab.activations import scratch
+from actlab.activations.cett import CettCurve
+from actlab.activations.histogram import LogHistogram
+from actlab.activations.moments import Moments
+from actlab.activations.stats_config import StatsConfig
 
 __all__ = ["SiteStats", "StatsConfig", "sample_index"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actlab.capture import scratch
+from actlab.activations import scratch
 
 # Above this magnitude x**4 overflows float32 (3.4e38); such batches are centred in float64 instead.
 _FLOAT32_SAFE_ABS = 1e9

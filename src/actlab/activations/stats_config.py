@@ -1,4 +1,4 @@
-"""Settings of ``SiteStats`` (see ``actlab.capture.stats``); JSON round-trippable."""
+"""Settings of ``SiteStats`` (see ``actlab.activations.stats``); JSON round-trippable."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actlab.capture.massive import MassiveConfig, MassiveTracker
+from actlab.activations.massive import MassiveConfig, MassiveTracker
 
 
 def resid(b: int = 2, s: int = 16, d: int = 32, seed: int = 0) -> torch.Tensor:

@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actlab.capture.cett import CettCurve
-from actlab.capture.histogram import LogHistogram
-from actlab.capture.moments import Moments
-from actlab.capture.stats import SiteStats, StatsConfig, sample_index
+from actlab.activations.cett import CettCurve
+from actlab.activations.histogram import LogHistogram
+from actlab.activations.moments import Moments
+from actlab.activations.stats import SiteStats, StatsConfig, sample_index
 
 CFG = StatsConfig()
 
@@ -330,7 +330,7 @@ def test_huge_values_use_float64() -> None:
 
 
 def test_inference_mode_and_autograd_inputs() -> None:
-    from actlab.capture import scratch
+    from actlab.activations import scratch
 
     scratch.release()  # buffers first allocated inside inference mode must still work outside it
     with torch.inference_mode():

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from actlab.capture import scratch
+from actlab.activations import scratch
 
 _FIELDS = ("value", "ratio", "layer", "channel", "position", "token_id")
 

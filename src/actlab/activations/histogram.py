@@ -29,7 +29,7 @@ import math
 
 import torch
 
-from actlab.capture import scratch
+from actlab.activations import scratch
 
 
 class LogHistogram:
