@@ -124,8 +124,8 @@ def _why_not_kernel(*tensors: Tensor | None) -> str | None:
         return f"disabled by {DISABLE_ENV}=1"
     if _extension() is None:
         return _ext_error or "extension not built"
-    for t in tensors:
-        if t is not None and (t.device.type != "cpu" or t.dtype != torch.float32):
+    for t in tensors:  # is_cpu / dtype: the cheap checks (t.device costs a microsecond)
+        if t is not None and not (t.is_cpu and t.dtype is torch.float32):
             return f"kernels are CPU float32 only (got {t.dtype} on {t.device})"
     return None
 
@@ -142,14 +142,16 @@ def _route(x: Tensor, *others: Tensor | None) -> str:
 
 def _rows(x: Tensor) -> int:
     """Number of tokens in a [..., features] tensor (prefill when above MAX_KERNEL_ROWS)."""
-    return math.prod(x.shape[:-1])
+    n = x.shape[-1] if x.dim() else 1
+    return x.numel() // n if n else math.prod(x.shape[:-1])
 
 
 def _thr_args(t: Tensor | None, n: int) -> tuple[int, int, Tensor | None]:
     """(pointer, stride, keep-alive tensor) for a threshold: stride 0 broadcasts a scalar."""
     if t is None:
         return 0, 0, None
-    t = t.to(torch.float32).contiguous()
+    if t.dtype is not torch.float32 or not t.is_contiguous():
+        t = t.to(torch.float32).contiguous()
     if t.numel() == 1:
         return t.data_ptr(), 0, t
     if t.numel() != n:
@@ -157,29 +159,34 @@ def _thr_args(t: Tensor | None, n: int) -> tuple[int, int, Tensor | None]:
     return t.data_ptr(), 1, t
 
 
-def _as_rows(x: Tensor) -> tuple[Tensor, int]:
-    """x as [rows, features] with unit stride in the last dim, and its row stride for the C side."""
-    x2 = x.reshape(_rows(x), x.shape[-1])  # [rows, in]; a view when possible
+def _as_rows(x: Tensor) -> tuple[Tensor, int, int]:
+    """(tensor, rows, row stride) describing x as [rows, features] rows with unit stride for the C side.
+
+    A contiguous x (the decode case) is used as is: a reshape costs more than the rest of the call."""
+    n = x.shape[-1]
+    if x.is_contiguous():
+        return x, _rows(x), n
+    x2 = x.reshape(_rows(x), n)  # [rows, in]; a view when possible
     if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]):
         x2 = x2.contiguous()
-    ld = x2.stride(0) if x2.shape[0] > 1 else x2.shape[1]  # a single row's stride is arbitrary
-    return x2, ld
+    ld = x2.stride(0) if x2.shape[0] > 1 else n  # a single row's stride is arbitrary
+    return x2, x2.shape[0], ld
 
 
 def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
     """The C path; the caller checked dtype/device. Output is a fresh contiguous [..., out] tensor."""
-    x2, x_ld = _as_rows(x)
+    n_in, n_out = wt.shape
+    if x.shape[-1] != n_in:
+        raise ValueError(f"x has {x.shape[-1]} features, wt expects {n_in}")
+    x2, rows, x_ld = _as_rows(x)
     if wt.stride(1) != 1:
         wt = wt.contiguous()
-    n_in, n_out = wt.shape
-    if x2.shape[1] != n_in:
-        raise ValueError(f"x has {x2.shape[1]} features, wt expects {n_in}")
     thr_ptr, thr_stride, _keep = _thr_args(threshold, n_in)
-    bias = None if bias is None else bias.contiguous()
-    y = torch.empty(x2.shape[0], n_out, dtype=torch.float32)  # [rows, out]
+    bias = None if bias is None or bias.is_contiguous() else bias.contiguous()
+    y = torch.empty(*x.shape[:-1], n_out)  # [..., out], float32 (checked by the caller)
     _ext.sparse_linear(  # type: ignore[union-attr]
         x2.data_ptr(),
-        x2.shape[0],
+        rows,
         n_in,
         x_ld,
         wt.data_ptr(),
@@ -192,7 +199,7 @@ def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None
         n_out,
         torch.get_num_threads(),
     )
-    return y.reshape(*x.shape[:-1], n_out)
+    return y
 
 
 def _linear_impl(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
@@ -277,10 +284,10 @@ def _mlp_kernel(
     t_down: Tensor | None,
     act: int,
 ) -> Tensor:
-    x2, x_ld = _as_rows(x)
+    x2, rows, x_ld = _as_rows(x)
     wg_t, wu, wd_t = (w if w.stride(1) == 1 else w.contiguous() for w in (wg_t, wu, wd_t))
     d_model, d_ff = wg_t.shape
-    if wu.shape != (d_ff, d_model) or wd_t.shape != (d_ff, d_model) or x2.shape[1] != d_model:
+    if wu.shape != (d_ff, d_model) or wd_t.shape != (d_ff, d_model) or x.shape[-1] != d_model:
         raise ValueError(
             f"inconsistent shapes: x {tuple(x.shape)}, w_gate_t {tuple(wg_t.shape)}, "
             f"w_up {tuple(wu.shape)}, w_down_t {tuple(wd_t.shape)}"
@@ -289,10 +296,10 @@ def _mlp_kernel(
     p_in, s_in, _k1 = _thr_args(t_in, d_model)
     p_act, s_act, _k2 = _thr_args(t_act, d_ff)
     p_down, s_down, _k3 = _thr_args(t_down, d_ff)
-    y = torch.empty(x2.shape[0], d_model, dtype=torch.float32)  # [rows, d_model]
+    y = torch.empty(x.shape)  # [..., d_model], float32 (checked by the caller)
     _ext.gated_mlp(  # type: ignore[union-attr]
         x2.data_ptr(),
-        x2.shape[0],
+        rows,
         d_model,
         x_ld,
         wg_t.data_ptr(),
@@ -314,7 +321,7 @@ def _mlp_kernel(
         d_model,
         torch.get_num_threads(),
     )
-    return y.reshape(x.shape)
+    return y
 
 
 def _mlp_impl(
