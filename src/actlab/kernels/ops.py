@@ -182,7 +182,7 @@ def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None
     if wt.stride(1) != 1:
         wt = wt.contiguous()
     thr_ptr, thr_stride, _keep = _thr_args(threshold, n_in)
-    bias = None if bias is None or bias.is_contiguous() else bias.contiguous()
+    bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
     y = torch.empty(*x.shape[:-1], n_out)  # [..., out], float32 (checked by the caller)
     _ext.sparse_linear(  # type: ignore[union-attr]
         x2.data_ptr(),
