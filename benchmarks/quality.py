@@ -12,7 +12,7 @@ The calibration pass is run once and shared by every method (same rows, same Fis
 inputs as the CLI would use), so each row's command reproduces its numbers.
 
 Usage:
-    python benchmarks/quality.py                 # full run (~40 min on 2 busy cores)
+    python benchmarks/quality.py --threads 1     # full run (~25 min on 2 idle cores, hours on busy ones)
     python benchmarks/quality.py --quick         # smaller eval/search sets and a few rows (~10 min)
     python benchmarks/quality.py --methods teal-uniform,teal-global --levels 0.5
 """
@@ -74,8 +74,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default="default")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--calib-tokens", type=int, default=16384)
-    p.add_argument("--eval-tokens", type=int, default=8192)
-    p.add_argument("--search-tokens", type=int, default=2048)
+    p.add_argument("--eval-tokens", type=int, default=4096)
+    p.add_argument("--search-tokens", type=int, default=1024)
     p.add_argument("--levels", default=",".join(str(x) for x in LEVELS), help="model-wide sparsities of the table")
     p.add_argument("--targets", default="1,5", help="PPL increase budgets (percent) to search")
     p.add_argument("--methods", default=",".join(r.key for r in ROWS), help="rows to run, by key")
@@ -83,9 +83,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--results", default=str(ROOT / "RESULTS.md"), help="markdown file whose ## Quality section is rewritten")
     p.add_argument("--json-out", default=str(ROOT / "quality.json"))
+    p.add_argument("--merge", action="store_true",
+                   help="update only the rows run in an existing --json-out (same settings) and re-render")
     a = p.parse_args(argv)
     if a.quick:
-        a.eval_tokens, a.search_tokens, a.levels = 2048, 1024, "0.4,0.5"
+        a.eval_tokens, a.search_tokens, a.levels = 2048, 512, "0.4,0.5"
     return a
 
 
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "calib_tokens": int(calib.numel()), "eval_tokens": int(evals.numel()),
         "search_tokens": int(heldout.numel()), "ppl_dense": ppl_dense, "ppl_dense_heldout": heldout_dense,
         "eval_command": eval_cmd, "table": {}, "targets": {},
+        "commands": [" ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])],
     }
     for row in rows:
         t_row = time.time()
@@ -170,6 +173,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _log(f"  PPL-{target:g}%: sparsity {r.sparsity_model_wide:.3f} (eval {r.ppl_increase_pct:+.2f}%)")
         results["table"][row.key]["seconds"] = time.time() - t_row
     results["seconds"] = time.time() - t0
+    if a.merge and Path(a.json_out).exists():
+        old = json.loads(Path(a.json_out).read_text())
+        for key in ("model", "data", "seq_len", "calib_tokens", "eval_tokens", "search_tokens"):
+            if old[key] != results[key]:
+                raise SystemExit(f"--merge: {key} differs from {a.json_out} ({old[key]} vs {results[key]})")
+        for part in ("table", "targets"):
+            old[part].update(results[part])
+        old["seconds"] += results["seconds"]
+        old["commands"] = old.get("commands", ["python benchmarks/quality.py"]) + results["commands"]
+        old.setdefault("merged_runs", []).append({"rows": [r.key for r in rows], "machine": results["machine"]})
+        results = old
     Path(a.json_out).write_text(json.dumps(results, indent=2) + "\n")
     write_section(Path(a.results), render(results, levels, targets, a))
     _log(f"done in {results['seconds'] / 60:.1f} min -> {a.results}, {a.json_out}")
@@ -192,8 +206,9 @@ def render(res: dict[str, Any], levels: list[float], targets: list[float], a: ar
         "*measured* on the evaluation text."
     )
     out += ["", f"Machine: {res['machine']}.", ""]
-    out.append(f"Produced by `python benchmarks/quality.py {' '.join(sys.argv[1:])}`".rstrip() + f" in "
-               f"{res['seconds'] / 60:.0f} min; raw numbers and per-cell commands in `benchmarks/quality.json`.")
+    runs = ", then ".join(f"`{c.strip()}`" for c in res["commands"])
+    out.append(f"Produced by {runs} (later runs replace the rows they name) in {res['seconds'] / 60:.0f} min; "
+               "raw numbers and per-cell commands in `benchmarks/quality.json`.")
     out += ["", "### PPL increase at a model-wide sparsity (eval split, strict)", ""]
     out.append("| method | allocation | " + " | ".join(f"{_pct(lv)}" for lv in levels) + " |")
     out.append("|---|---|" + "---|" * len(levels))

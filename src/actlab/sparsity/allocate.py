@@ -134,8 +134,8 @@ def damage_curve(x: torch.Tensor, scores: torch.Tensor, cost_weight: torch.Tenso
     """Estimated damage of masking a group at every grid level: ``[GRID + 1]``, per token.
 
     ``x`` [rows, width] signed inputs, ``scores`` [rows, width] the method's ordering (lowest masked first),
-    ``cost_weight`` [width]: the damage of zeroing ``x_i`` is ``x_i**2 * cost_weight_i`` (the diagonal
-    Fisher form of the output error, see ``fisher.py``).
+    ``cost_weight`` [width] or [rows, width]: the damage of zeroing ``x[r, i]`` is ``x[r, i]**2 *
+    cost_weight[(r,) i]`` (the diagonal Fisher form of the output error, see ``fisher.py``).
     """
     from actlab.sparsity.scores import GRID
 

@@ -42,14 +42,16 @@ class CalibrationSample:
         up_sq_sum: layer -> ``sum over tokens of up_i**2`` ``[d_ff]`` (CHESS), when asked for.
         tokens: calibration tokens seen.
         blocks: layer -> its recorded inputs (greedy allocation), when asked for.
-        fisher: linear path -> diagonal output Fisher, filled by the global allocation on first use so
-            that methods sharing one sample share it too.
+        positions: site name -> position in its window of each row ``[rows]``.
+        fisher: linear path -> diagonal output Fisher ``[2, out]`` (position 0, later positions), filled by
+            the global allocation on first use so that methods sharing one sample share it too.
     """
 
     rows: dict[str, torch.Tensor]
     up_sq_sum: dict[int, torch.Tensor]
     tokens: int
     blocks: dict[int, BlockInputs]
+    positions: dict[str, torch.Tensor] = field(default_factory=dict)
     fisher: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -166,11 +168,13 @@ def collect(
                     offset += batch.numel()
                     if progress is not None:
                         progress(end, n)
+    widths = {name: r[0].shape[-1] for name, r in rows.items() if r}
     return CalibrationSample(
         rows={s: torch.cat(r) for s, r in rows.items()},
         up_sq_sum={i: s.cpu() for i, s in up_sums.items()},
         tokens=n * seq_len,
         blocks=blocks,
+        positions={name: choice[w] % seq_len for name, w in widths.items()},
     )
 
 

@@ -127,7 +127,7 @@ class _ThresholdConfig(SparsityConfig):
 
     allocation: str = "uniform"
     greedy_step: float = 0.05
-    greedy_tokens: int = 512
+    greedy_tokens: int = 256
     fisher_tokens: int = 1024
 
     @classmethod

@@ -11,7 +11,6 @@ the model-wide target maps to group levels; scores, quantiles, entries and metri
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -208,9 +207,10 @@ class ThresholdMethod(Method):
                                         progress=lambda d, t: self._report("output sensitivity (Fisher)", d, t)))
         curves = {}
         for g in self.groups:
-            cost = sum(_cost_weights(self.model, p, fisher[p]) for p in _damaged_linears(g))
-            x = self.sample.rows[f"layers.{g.layer}.mlp.down_in" if g.kind == "act" else g.site]
-            curves[g.name] = damage_curve(x, self._scores(g), cost)
+            cost = sum(_cost_weights(self.model, p, fisher[p]) for p in _damaged_linears(g))  # [2, width]
+            site = f"layers.{g.layer}.mlp.down_in" if g.kind == "act" else g.site
+            first = (self.sample.positions[site] == 0)[:, None]  # [rows, 1]: rows at a window's position 0
+            curves[g.name] = damage_curve(self.sample.rows[site], self._scores(g), torch.where(first, cost[0], cost[1]))
         return curves
 
     def _greedy(self) -> GreedyPath:
@@ -238,16 +238,15 @@ def _damaged_linears(g: Group) -> tuple[str, ...]:
 
 
 def _cost_weights(model: nn.Module, path: str, fisher: torch.Tensor) -> torch.Tensor:
-    """``c_i = sum_j F_j W[j, i]**2``: the damage per unit ``x_i**2`` of zeroing input ``i`` of ``path``."""
-    w = linear_weight(model.get_submodule(path)).detach().float().cpu()
-    return (fisher.float()[:, None] * w.pow(2)).sum(0)
+    """``c_i = sum_j F_j W[j, i]**2``: the damage per unit ``x_i**2`` of zeroing input ``i`` of ``path``.
+
+    ``fisher`` [classes, out] -> ``[classes, in]`` (one row per position class, see ``fisher.py``).
+    """
+    w = linear_weight(model.get_submodule(path)).detach().float().cpu()  # [out, in]
+    return fisher.float() @ w.pow(2)
 
 
 def column_norms(model: nn.Module, consumers: tuple[str, ...]) -> torch.Tensor:
     """``||W[:, i]||_2`` over the concatenated consumers (rows of all of them), ``[in]`` float32."""
     sq = sum(linear_weight(model.get_submodule(p)).detach().float().pow(2).sum(0) for p in consumers)
     return sq.sqrt().cpu()
-
-
-def replace_config(config: SparsityConfig, **kw: Any) -> SparsityConfig:
-    return dataclasses.replace(config, **kw)
