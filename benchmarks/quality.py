@@ -79,6 +79,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--levels", default=",".join(str(x) for x in LEVELS), help="model-wide sparsities of the table")
     p.add_argument("--targets", default="1,5", help="PPL increase budgets (percent) to search")
     p.add_argument("--methods", default=",".join(r.key for r in ROWS), help="rows to run, by key")
+    p.add_argument("--sensitivity", type=float, default=0.5,
+                   help="also sparsify each input kind alone at this sparsity (TEAL, uniform); 0 to skip")
     p.add_argument("--quick", action="store_true", help="eval 2048 / search 1024 tokens, levels 0.4,0.5")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--results", default=str(ROOT / "RESULTS.md"), help="markdown file whose ## Quality section is rewritten")
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     levels = [float(x) for x in a.levels.split(",") if x]
     targets = [float(x) for x in a.targets.split(",") if x]
     rows = [r for r in ROWS if r.key in a.methods.split(",")]
+    kinds = ("attn.qkv_in", "attn.o_in", "mlp.gate_up_in", "mlp.down_in") if a.sensitivity > 0 else ()
     t0 = time.time()
     model, tok = actlab.load_model(a.model)
     corpus = actlab.load_corpus(a.data)
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "machine": machine_line(), "model": a.model, "data": a.data, "seq_len": a.seq_len,
         "calib_tokens": int(calib.numel()), "eval_tokens": int(evals.numel()),
         "search_tokens": int(heldout.numel()), "ppl_dense": ppl_dense, "ppl_dense_heldout": heldout_dense,
-        "eval_command": eval_cmd, "table": {}, "targets": {},
+        "eval_command": eval_cmd, "table": {}, "targets": {}, "sensitivity": {},
         "commands": [" ".join(["python benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])],
     }
     for row in rows:
@@ -172,14 +175,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             _log(f"  PPL-{target:g}%: sparsity {r.sparsity_model_wide:.3f} (eval {r.ppl_increase_pct:+.2f}%)")
         results["table"][row.key]["seconds"] = time.time() - t_row
+    for kind in kinds:
+        # each kind alone at one sparsity: which inputs tolerate masking (the knob is model-wide, so the
+        # kind's own level is the knob divided by its share of the weights)
+        method = prepare(model, actlab.TealConfig(sites=(kind,)), calib, sample=sample)
+        share = sum(method.params.values()) / sum(method.sizes.values())
+        knob = round(a.sensitivity * share, 6)
+        plan = method.plan(knob)
+        r = evaluate_plan(model, plan, evals, ppl_dense=ppl_dense)
+        results["sensitivity"][kind] = {
+            "site_sparsity": a.sensitivity, "share_of_weights": share, "sparsity_measured": r.sparsity_model_wide,
+            "ppl": r.ppl, "ppl_increase_pct": r.ppl_increase_pct,
+            "command": f"actlab calibrate {common} --method teal --sites {kind} --sparsity {knob} "
+                       f"--tokens {a.calib_tokens} --out PLAN && {eval_cmd}",
+        }
+        _log(f"{kind} alone at {a.sensitivity:.0%}: PPL {r.ppl:.3f} ({r.ppl_increase_pct:+.2f}%)")
     results["seconds"] = time.time() - t0
     if a.merge and Path(a.json_out).exists():
         old = json.loads(Path(a.json_out).read_text())
         for key in ("model", "data", "seq_len", "calib_tokens", "eval_tokens", "search_tokens"):
             if old[key] != results[key]:
                 raise SystemExit(f"--merge: {key} differs from {a.json_out} ({old[key]} vs {results[key]})")
-        for part in ("table", "targets"):
-            old[part].update(results[part])
+        for part in ("table", "targets", "sensitivity"):
+            old.setdefault(part, {}).update(results[part])
         old["seconds"] += results["seconds"]
         old["commands"] = old.get("commands", ["python benchmarks/quality.py"]) + results["commands"]
         old.setdefault("merged_runs", []).append({"rows": [r.key for r in rows], "machine": results["machine"]})
@@ -209,6 +227,7 @@ def render(res: dict[str, Any], levels: list[float], targets: list[float], a: ar
     runs = ", then ".join(f"`{c.strip()}`" for c in res["commands"])
     out.append(f"Produced by {runs} (later runs replace the rows they name) in {res['seconds'] / 60:.0f} min; "
                "raw numbers and per-cell commands in `benchmarks/quality.json`.")
+    out += _targets(res)
     out += ["", "### PPL increase at a model-wide sparsity (eval split, strict)", ""]
     out.append("| method | allocation | " + " | ".join(f"{_pct(lv)}" for lv in levels) + " |")
     out.append("|---|---|" + "---|" * len(levels))
@@ -246,8 +265,39 @@ def render(res: dict[str, Any], levels: list[float], targets: list[float], a: ar
                f"--method METHOD [--allocation ALLOC] --max-ppl-increase P --tokens {a.calib_tokens} "
                f"--search-tokens {a.search_tokens} --out PLAN")
     out.append(f"    {res['eval_command']}")
+    if res.get("sensitivity"):
+        out += ["", "### Which inputs tolerate masking: one input kind alone (TEAL, uniform, eval split)", ""]
+        out.append("| input kind | share of weights | sparsity of that input | model-wide | PPL increase |")
+        out.append("|---|---|---|---|---|")
+        for kind, c in res["sensitivity"].items():
+            out.append(f"| {kind} | {_pct(c['share_of_weights'])} | {_pct(c['site_sparsity'])} | "
+                       f"{_pct(c['sparsity_measured'])} | {c['ppl_increase_pct']:+.2f}% |")
+        out += ["", "Command per row: `actlab calibrate ... --method teal --sites KIND --sparsity "
+                "<share x sparsity>`, then the eval command above (exact commands in quality.json)."]
     out.append("")
     return "\n".join(out)
+
+
+def _targets(res: dict[str, Any]) -> list[str]:
+    """The project's two quality goals, checked against the best row of this run."""
+    ppl1 = [(c["1.0"]["sparsity_measured"], k, c["1.0"]["eval_ppl_increase_pct"])
+            for k, c in res["targets"].items() if "1.0" in c]
+    at50 = [(c["0.5"]["ppl_increase_pct"], k, c["0.5"]["sparsity_measured"])
+            for k, c in res["table"].items() if "ppl" in c.get("0.5", {})]
+    out = ["", "### Goals", ""]
+    if ppl1:
+        s, k, inc = max(ppl1)
+        verdict = "met" if s >= 0.40 else "**not met**"
+        out.append(f"* PPL-1% sparsity >= 40%: {verdict}. Best: {k}, {_pct(s)} model-wide "
+                   f"(eval-split increase {inc:+.2f}%).")
+    if at50:
+        inc, k, s = min(at50)
+        verdict = "met" if inc <= 10.0 else "**not met**"
+        out.append(f"* <= +10% PPL at 50% model-wide: {verdict}. Best: {k}, {inc:+.1f}% (measured sparsity {_pct(s)}).")
+        base = res["table"].get("teal-uniform", {}).get("0.5", {})
+        if "ppl_increase_pct" in base:
+            out.append(f"* Reference: TEAL with uniform allocation at 50%: {base['ppl_increase_pct']:+.1f}%.")
+    return out
 
 
 def write_section(path: Path, section: str) -> None:

@@ -157,3 +157,12 @@ def test_gpt2_conv1d_layers_are_masked_and_restored():
     actlab.remove_(model)
     assert torch.equal(_logits(model, ids), dense)
     assert plan.metrics["sparsity_model_wide"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_sites_restrict_the_inputs_and_keep_the_target_model_wide(llama, calib):
+    plan = prepare(llama, TealConfig(0.2, sites=("mlp.down_in",)), calib).plan()
+    assert {e.site.split(".", 2)[2] for e in plan.entries} == {"mlp.down_in"}
+    assert plan.metrics["sparsity_model_wide"] == pytest.approx(0.2, abs=0.02)
+    share = sum(llama.get_submodule(e.consumers[0]).weight.numel() for e in plan.entries) / sum(
+        m.weight.numel() for n, m in llama.named_modules() if n.endswith(("_proj",)))
+    assert plan.metrics["sparsity.mlp.down_in"] == pytest.approx(0.2 / share, abs=0.02)

@@ -22,6 +22,7 @@ CASES = [
     TealConfig(0.5),
     TealConfig(0.3, allocation="greedy", greedy_step=0.1, greedy_tokens=64),
     TealConfig(0.6, allocation="global", fisher_tokens=128),
+    TealConfig(0.2, sites=("mlp.down_in", "attn.o_in")),
     WinaConfig(0.4, allocation="global"),
     ChessConfig(0.4, attn_ratio=0.5),
     CatsConfig(0.2),
@@ -55,6 +56,7 @@ def test_knob_is_sparsity_except_cett():
         ({"method": "teal", "allocation": "magic"}, "unknown allocation"),
         ({"method": "cats", "allocation": "greedy"}, "unknown config field"),
         ({"sparsity": 0.5}, "'method' name"),
+        ({"method": "wina", "sites": ["mlp.up"]}, "unknown site kind"),
     ],
 )
 def test_invalid_configs_are_plan_errors(d, message):

@@ -23,6 +23,7 @@ def calibrate(
     max_ppl_increase: float = typer.Option(None, "--max-ppl-increase", "-p", help="Quality target instead: the sparsest plan whose perplexity rises by at most P percent on held-out calibration text."),
     cett: float = typer.Option(None, "--cett", help="For --method cett: the CETT target per layer (e.g. 0.2)."),
     allocation: str = typer.Option("uniform", "--allocation", "-a", help="uniform (same sparsity everywhere), greedy (TEAL's block-wise greedy) or global (across layers and projections by estimated output damage; the best quality). teal and wina only."),
+    sites: list[str] = typer.Option(None, "--sites", help="teal/wina: only these input kinds (repeatable): attn.qkv_in, attn.o_in, mlp.gate_up_in, mlp.down_in. The sparsity stays model-wide."),
     data: str = typer.Option("default", "--data", "-d", help="Calibration corpus: 'default' (built-in, offline), a text file, a directory, a .jsonl[:field] or hf:<name>."),
     tokens: int = typer.Option(16384, "--tokens", "-n", help="Calibration tokens (from the corpus's calib split; never the eval split)."),
     search_tokens: int = typer.Option(4096, "--search-tokens", help="Held-out calibration tokens the quality search measures perplexity on."),
@@ -55,7 +56,7 @@ def calibrate(
         from actlab.outputs import check_writable
 
         check_writable(out)
-        config = _config(method, sparsity, cett, allocation, max_ppl_increase)
+        config = _config(method, sparsity, cett, allocation, sites or [])
         if threads > 0:
             torch.set_num_threads(threads)
         quiet_libraries()
@@ -100,7 +101,7 @@ def calibrate(
         print_json(summary)
 
 
-def _config(method: str, sparsity: float | None, cett: float | None, allocation: str, target: float | None) -> Any:
+def _config(method: str, sparsity: float | None, cett: float | None, allocation: str, sites: list[str]) -> Any:
     """The method's config from the options (through the registry, so new methods need no change here)."""
     from actlab.sparsity.config import CONFIGS, config_from_dict
     from actlab.sparsity.errors import PlanError
@@ -114,6 +115,10 @@ def _config(method: str, sparsity: float | None, cett: float | None, allocation:
         if "allocation" not in fields:
             raise PlanError(f"{method} supports --allocation uniform only")
         d["allocation"] = allocation
+    if sites:
+        if "sites" not in fields:
+            raise PlanError(f"--sites applies to teal and wina, not {method}")
+        d["sites"] = list(sites)
     if method == "cett":
         if sparsity is not None:
             raise PlanError("cett's knob is the CETT target: give --cett C (or --max-ppl-increase), not --sparsity")

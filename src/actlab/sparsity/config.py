@@ -123,12 +123,24 @@ class _ThresholdConfig(SparsityConfig):
         greedy_step: block-sparsity increment of one greedy step.
         greedy_tokens: calibration tokens the greedy search reruns each block on (cost grows linearly).
         fisher_tokens: calibration tokens of the forward+backward pass of the ``global`` allocation.
+        sites: restrict to these input site kinds (``attn.qkv_in``, ``attn.o_in``, ``mlp.gate_up_in``,
+            ``mlp.in``, ``mlp.down_in``); empty = all. ``sparsity`` stays model-wide, so the covered inputs
+            are sparsified harder.
     """
 
     allocation: str = "uniform"
     greedy_step: float = 0.05
     greedy_tokens: int = 256
     fisher_tokens: int = 1024
+    sites: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from actlab.sparsity.groups import INPUT_KINDS
+
+        unknown = [k for k in self.sites if k not in INPUT_KINDS]
+        if unknown:
+            raise PlanError(f"{self.method}: unknown site kind(s) {unknown}; choose from {', '.join(INPUT_KINDS)}")
 
     @classmethod
     def allocations(cls) -> tuple[str, ...]:

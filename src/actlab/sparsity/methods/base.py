@@ -119,7 +119,11 @@ class ThresholdMethod(Method):
 
     # -- what a method defines -------------------------------------------------------------------------
     def make_groups(self, split: bool) -> list[Group]:
-        return layer_groups(self.model, self.kinds, split=split)
+        wanted = getattr(self.config, "sites", ())
+        groups = layer_groups(self.model, tuple(k for k in self.kinds if not wanted or k in wanted), split=split)
+        if not groups:
+            raise PlanError(f"{self.config.method}: no input of this model matches sites {list(wanted)}")
+        return groups
 
     def channel_weights(self, group: Group) -> torch.Tensor | None:
         """Per-channel score weights ``w`` (``None`` = 1: plain magnitude)."""
