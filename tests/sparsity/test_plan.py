@@ -13,6 +13,7 @@ from actlab.sparsity.apply import masked_modules
 from actlab.sparsity.calibrate import calibrate
 from actlab.sparsity.config import CatsConfig, CettConfig, ChessConfig, TealConfig, TopKConfig, WinaConfig
 from actlab.sparsity.errors import PlanError
+from actlab.sparsity.groups import gated_mlp_paths
 from actlab.sparsity.plan import PLAN_JSON, THRESHOLDS, SparsityPlan
 
 CONFIGS = [
@@ -62,6 +63,10 @@ def test_kernel_entries_are_thresholds_on_inputs_or_activations(llama, calib):
             assert e.kind in ("input", "act")
             assert e.threshold.dim() in (0, 1)
             assert all(isinstance(llama.get_submodule(p), torch.nn.Linear) for p in e.consumers)
+            if e.kind == "act":
+                paths = gated_mlp_paths(llama, e.layer)
+                assert e.modules == (paths["act"],) and e.consumers == (paths["up"], paths["down"])
+                assert e.threshold.shape in ((), (llama.config.intermediate_size,))
     topk = calibrate(llama, TopKConfig(0.5), None)
     assert topk.kernel_entries() == []
 

@@ -121,3 +121,20 @@ def act_groups(model: nn.Module) -> list[Group]:
 def group_params(model: nn.Module, group: Group) -> int:
     """Weights a token skips when this group is fully masked."""
     return sum(linear_params(model, p) for p in group.consumers)
+
+
+def gated_mlp_paths(model: nn.Module, layer: int) -> dict[str, str]:
+    """Module paths of one layer's gated MLP: ``gate``, ``up``, ``down``, ``act``.
+
+    What a kernel needs to turn an ``act`` plan entry into ``SparseGatedMLP(gate, up, down, act, threshold)``.
+
+    Example:
+        >>> gated_mlp_paths(model, 3)["gate"]     # doctest: +SKIP
+        'model.layers.3.mlp.gate_proj'
+    """
+    ad = get_adapter(model)
+    if not ad.gated or len(ad.mlp_in) != 2:
+        raise PlanError(f"{model.config.model_type} has no gated MLP with separate gate and up linears")
+    prefix = f"{ad.layers}.{layer}"
+    gate, up = ad.mlp_in
+    return {"gate": f"{prefix}.{gate}", "up": f"{prefix}.{up}", "down": f"{prefix}.{ad.down}", "act": f"{prefix}.{ad.act}"}

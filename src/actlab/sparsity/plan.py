@@ -112,7 +112,16 @@ class SparsityPlan:
         return self.config.method
 
     def kernel_entries(self) -> list[PlanEntry]:
-        """The entries a sparse kernel can take over (``input`` and ``act``; not per-token ``topk``)."""
+        """The entries a sparse kernel can take over (``input`` and ``act``; not per-token ``topk``).
+
+        ``input``: ``SparseLinear([model.get_submodule(p) for p in e.consumers], e.threshold)`` (the
+        consumers share the input; keep iff ``|x_i| > t_i``). ``act``: ``SparseGatedMLP(gate, up, down, act,
+        e.threshold)`` with the paths from ``actlab.sparsity.groups.gated_mlp_paths(model, e.layer)``.
+
+        Example:
+            >>> [(e.kind, e.consumers, tuple(e.threshold.shape)) for e in plan.kernel_entries()][:1]  # doctest: +SKIP
+            [('input', ('model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.k_proj', ...), ())]
+        """
         return [e for e in self.entries if e.kind in ("input", "act")]
 
     def to_json(self) -> dict[str, Any]:
