@@ -28,9 +28,9 @@ typedef float KV __attribute__((vector_size(KVBYTES)));
 typedef float KVU __attribute__((vector_size(KVBYTES), aligned(4), may_alias));
 
 /*
- * y[c] += sum_k xv[k] * wt[idx[k]*ld + c0 + c] for c in [0, n), one token. The caller keeps n small
- * enough (one column block) that this slice of y stays in L1 while the weight rows stream past it;
- * four rows are folded into each load/store of the accumulator.
+ * y[c] += sum_k xv[k] * wt[idx[k]*ld + c0 + c] for c in [0, n), one token. The caller keeps n to one
+ * column block so this slice of y stays in cache while the weight rows stream past it; four rows are
+ * folded into each load/store of the accumulator.
  */
 KTARGET static void KNAME(cols_b1)(const float *wt, int64_t ld, const int32_t *idx, const float *xv,
                                    int64_t nk, int64_t c0, int64_t n, float *y) {
