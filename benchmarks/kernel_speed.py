@@ -38,6 +38,11 @@ def _copies(nbytes: int, warm: bool) -> int:
     return 1 if warm else max(1, math.ceil(COLD_BYTES / nbytes))
 
 
+def _layout(w: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """Contiguous copy; on huge pages unless --no-hugepages, for dense and sparse alike (same memory)."""
+    return w.contiguous().clone() if args.no_hugepages else ops.kernel_weight(w)
+
+
 def _threshold_masking(x: torch.Tensor, fraction: float) -> torch.Tensor:
     """A scalar threshold masking exactly floor(fraction * n) of the |x| values (midpoint of a gap)."""
     v = x.abs().flatten().sort().values
@@ -66,8 +71,8 @@ def _interleaved(fns: list[Callable[[int], object]], reps: int, warmup: int) -> 
 def bench_linear(shape: str, sparsities: list[float], batch: int, args: argparse.Namespace) -> list[dict]:
     n_out, n_in = (int(v) for v in shape.split("x"))
     n = _copies(n_out * n_in * 4, args.warm)
-    weights = [torch.randn(n_out, n_in) for _ in range(n)]  # [out, in], as nn.Linear stores it
-    weights_t = [w.t().contiguous() for w in weights]  # [in, out], what the kernel reads
+    weights = [_layout(torch.randn(n_out, n_in), args) for _ in range(n)]  # [out, in], as nn.Linear has it
+    weights_t = [_layout(w.t(), args) for w in weights]  # [in, out], what the kernel reads
     rows = []
     for s in sparsities:
         x = torch.randn(batch, n_in)
@@ -153,9 +158,27 @@ def dispatcher_overhead(args: argparse.Namespace) -> dict:
 def _row(r: dict) -> str:
     ceiling = "inf" if math.isinf(r["ceiling"]) else f"{r['ceiling']:.2f}x"
     return (
-        f"| {r['shape']} | {r['batch']} | {r['sparsity']}% | {r['dense_us']:.1f} | {r['sparse_us']:.1f} "
+        f"| {r['shape']} | {r['batch']} | {r['sparsity']:g}% | {r['dense_us']:.1f} | {r['sparse_us']:.1f} "
         f"| {r['speedup']:.2f}x | {ceiling} |"
     )
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return f"{names[0]} x{len(names)}"
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
+
+
+def _loadavg() -> str:
+    """1/5/15-minute load: a busy machine (other jobs) makes every timing here unreliable."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def main() -> None:
@@ -170,6 +193,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--warm", action="store_true", help="one weight copy (cache-resident small shapes)")
+    parser.add_argument("--no-hugepages", action="store_true", help="plain 4 KiB pages for both sides")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -177,16 +201,19 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if not ops.available():
         print("WARNING: compiled kernels unavailable; timing the pure-PyTorch fallback")
-    machine = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, isa {ops.isa()}"
+    machine = f"{_cpu_name()}, torch {torch.__version__}, actlab isa {ops.isa()}"
+    pages = "4KiB" if args.no_hugepages else "huge (both sides)"
     print(
-        f"threads={args.threads} batch={args.batch} fp32 cache={'warm' if args.warm else 'cold'}; {machine}\n"
+        f"threads={args.threads} batch={args.batch} fp32 cache={'warm' if args.warm else 'cold'} pages={pages}"
     )
+    print(f"{machine}; load average before: {_loadavg()}\n")
     print("| shape (out x in) | batch | sparsity | dense torch us | actlab us | speedup | ceiling 1/(1-s) |")
     print("|---|---|---|---|---|---|---|")
     rows = [r for shape in args.shapes for r in bench_linear(shape, args.sparsity, args.batch, args)]
     rows += [r for shape in args.mlp for r in bench_mlp(shape, args.sparsity, args)]
     overhead = dispatcher_overhead(args) if ops.available() else {}
-    print("\nper-call time, 576x1536 at 50% (us):")
+    print(f"\nload average after: {_loadavg()}")
+    print("per-call time, 576x1536 at 50% (us):")
     for name, us in overhead.items():
         print(f"  {name:<45} {us:8.2f}")
     if args.json:

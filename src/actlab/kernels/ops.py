@@ -76,7 +76,7 @@ def available() -> bool:
         >>> isinstance(ops.available(), bool)
         True
     """
-    return os.environ.get(DISABLE_ENV, "") in ("", "0") and _extension() is not None
+    return not _env_disabled() and _extension() is not None
 
 
 def isa() -> str:
@@ -118,9 +118,24 @@ def _warn_once(reason: str) -> None:
         warnings.warn(f"actlab sparse kernels unavailable: {reason}", ActlabKernelWarning, stacklevel=3)
 
 
+_ENV_KEY = DISABLE_ENV.encode()
+
+
+def _env_disabled() -> bool:
+    """ACTLAB_DISABLE_KERNELS set (to anything but 0), read on every call so tests can flip it.
+
+    Reads the bytes mapping behind ``os.environ`` where CPython has one: ``os.environ.get`` encodes the
+    key on every call and costs about a microsecond, a tenth of this op's whole Python overhead."""
+    data = getattr(os.environ, "_data", None)
+    value = (
+        data.get(_ENV_KEY) if isinstance(data, dict) and os.name == "posix" else os.environ.get(DISABLE_ENV)
+    )
+    return value not in (None, "", "0", b"", b"0")
+
+
 def _why_not_kernel(*tensors: Tensor | None) -> str | None:
     """None if the extension can run on these tensors, else the reason (for the warning)."""
-    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+    if _env_disabled():
         return f"disabled by {DISABLE_ENV}=1"
     if _extension() is None:
         return _ext_error or "extension not built"
@@ -175,15 +190,26 @@ def _as_rows(x: Tensor) -> tuple[Tensor, int, int]:
 
 def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
     """The C path; the caller checked dtype/device. Output is a fresh contiguous [..., out] tensor."""
+    # Every line here runs once per layer per decoded token: cheap tensor queries only.
     n_in, n_out = wt.shape
-    if x.shape[-1] != n_in:
-        raise ValueError(f"x has {x.shape[-1]} features, wt expects {n_in}")
-    x2, rows, x_ld = _as_rows(x)
+    shape = x.shape
+    if shape[-1] != n_in:
+        raise ValueError(f"x has {shape[-1]} features, wt expects {n_in}")
+    if x.is_contiguous():
+        x2, rows, x_ld = x, x.numel() // n_in if n_in else _rows(x), n_in
+    else:
+        x2, rows, x_ld = _as_rows(x)
     if wt.stride(1) != 1:
         wt = wt.contiguous()
-    thr_ptr, thr_stride, _keep = _thr_args(threshold, n_in)
+    if threshold.dtype is torch.float32 and threshold.is_contiguous():
+        thr_ptr, thr_stride = threshold.data_ptr(), int(threshold.numel() != 1)
+        if thr_stride and threshold.numel() != n_in:
+            raise ValueError(f"threshold has {threshold.numel()} values, expected 1 or {n_in}")
+    else:
+        thr_ptr, thr_stride, threshold = _thr_args(threshold, n_in)
     bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
-    y = torch.empty(*x.shape[:-1], n_out)  # [..., out], float32 (checked by the caller)
+    # [..., out], float32 (checked by the caller)
+    y = torch.empty(rows, n_out) if len(shape) == 2 else torch.empty(shape[:-1] + (n_out,))
     _ext.sparse_linear(  # type: ignore[union-attr]
         x2.data_ptr(),
         rows,
@@ -203,7 +229,8 @@ def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None
 
 
 def _linear_impl(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
-    if _rows(x) <= MAX_KERNEL_ROWS:
+    n_in = wt.shape[0]
+    if (x.numel() // n_in if n_in else _rows(x)) <= MAX_KERNEL_ROWS:
         reason = _why_not_kernel(x, wt, threshold, bias)
         if reason is None:
             return _linear_kernel(x, wt, threshold, bias)
