@@ -113,3 +113,37 @@ def test_hf_measurement_forces_all_tokens_despite_eos():
     first = int(model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False)[0, -1])
     model.generation_config.eos_token_id = first  # generate would stop at once without eos disabled
     assert len(measure_hf_decode(model, ids, 5, reps=1, warmup=0).samples) == 1
+
+
+def test_sparse_variant_swaps_modules_on_the_same_model_and_restores_it(tiny_llama):
+    """The bench pattern: dense and 'sparse' variants share one model object; the swap is scoped."""
+    from actlab.engine import generate
+
+    model, _ = tiny_llama
+    ids = torch.randint(3, 500, (1, 6), generator=torch.Generator().manual_seed(2))
+    mlp = model.model.layers[0].mlp
+    dense_down = mlp.down_proj
+    seen: dict[str, list[torch.Tensor]] = {"dense": [], "sparse": []}
+
+    @contextlib.contextmanager
+    def swapped():
+        mlp.down_proj = torch.nn.Linear(dense_down.in_features, dense_down.out_features, bias=False)
+        torch.nn.init.zeros_(mlp.down_proj.weight)  # stands in for a sparse module
+        try:
+            yield
+        finally:
+            mlp.down_proj = dense_down
+
+    def run(name: str):
+        def measure() -> float:
+            out = generate(model, ids, 8)
+            seen[name].append(out.tokens)
+            return out.decode_tokens_per_s
+
+        return measure
+
+    r = interleaved({"dense": run("dense"), "sparse": within(swapped, run("sparse"))}, reps=2)
+    assert mlp.down_proj is dense_down
+    assert torch.equal(seen["dense"][0], seen["dense"][1]) and torch.equal(seen["sparse"][0], seen["sparse"][1])
+    assert not torch.equal(seen["dense"][0], seen["sparse"][0])
+    assert r.medians["dense"] > 0 and r.medians["sparse"] > 0

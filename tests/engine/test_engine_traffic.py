@@ -90,3 +90,13 @@ def test_tied_model_counts_head_once():
     model = transformers.LlamaForCausalLM(cfg)
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert linear_bytes_by_module(model)["lm_head"] == (4 * cfg.vocab_size * cfg.hidden_size, 0)
+
+
+def test_ceiling_seconds_with_overhead():
+    toy = Toy()
+    total = UP + DOWN_W + DOWN_B + HEAD
+    still = UP + DOWN_W * 0.25 + DOWN_B + HEAD
+    # 0.5 s of the 2 s dense step is overhead: only 1.5 s scales with the bytes
+    assert ceiling_seconds(2.0, toy, {"down": 0.25}, overhead_seconds=0.5) == pytest.approx(0.5 + 1.5 * still / total)
+    with pytest.raises(ValueError, match="overhead"):
+        ceiling_seconds(1.0, toy, {}, overhead_seconds=2.0)

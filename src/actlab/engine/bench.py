@@ -39,13 +39,17 @@ from torch import Tensor, nn
 
 from actlab.engine.cache import make_cache
 from actlab.engine.generate import generate
+from actlab.engine.traffic import ceiling_seconds, ceiling_speedup, linear_bytes
 
-__all__ = [
+__all__ = [  # the traffic functions are re-exported: one import for a bench script
     "DecodeSpeed",
     "Interleaved",
+    "ceiling_seconds",
+    "ceiling_speedup",
     "decode_tokens_per_s",
     "hf_decode_tokens_per_s",
     "interleaved",
+    "linear_bytes",
     "measure_decode",
     "measure_hf_decode",
     "peak_rss_mb",

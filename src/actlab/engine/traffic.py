@@ -120,6 +120,25 @@ def ceiling_speedup(model: nn.Module, kept_fraction_by_linear: Mapping[str, floa
     return float("inf") if still == 0 else linear_bytes(model) / still
 
 
-def ceiling_seconds(dense_seconds: float, model: nn.Module, kept_fraction_by_linear: Mapping[str, float]) -> float:
-    """The memory-traffic ceiling as a time: ``dense_seconds × bytes still read / bytes read dense``."""
-    return dense_seconds / ceiling_speedup(model, kept_fraction_by_linear)
+def ceiling_seconds(
+    dense_seconds: float,
+    model: nn.Module,
+    kept_fraction_by_linear: Mapping[str, float],
+    overhead_seconds: float = 0.0,
+) -> float:
+    """The memory-traffic ceiling as a time: ``dense_seconds × bytes still read / bytes read dense``.
+
+    ``overhead_seconds``: the part of a dense step that is not weight traffic (Python/framework cost per
+    token, see ``benchmarks/engine_overhead.py``); sparsity cannot shrink it, so only the rest scales:
+    ``overhead + (dense − overhead) × bytes ratio``. Default 0: the plain ceiling.
+
+    Example:
+        >>> import actlab
+        >>> model, _ = actlab.load_model("random:tiny-llama")
+        >>> ceiling_seconds(1.0, model, {}, overhead_seconds=0.2)
+        1.0
+    """
+    if not 0.0 <= overhead_seconds <= dense_seconds:
+        raise ValueError(f"overhead_seconds must be in [0, dense_seconds], got {overhead_seconds}")
+    traffic = dense_seconds - overhead_seconds
+    return overhead_seconds + traffic / ceiling_speedup(model, kept_fraction_by_linear)
