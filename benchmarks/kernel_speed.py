@@ -102,20 +102,29 @@ def bench_linear(shape: str, sparsities: list[float], batch: int, args: argparse
 def bench_mlp(shape: str, sparsities: list[float], args: argparse.Namespace) -> list[dict]:
     """Gated MLP (d_model x d_ff): three dense GEMVs vs the fused CATS kernel at act-sparsity s."""
     d_model, d_ff = (int(v) for v in shape.split("x"))
-    gate, up, down = (
-        torch.nn.Linear(a, b, bias=False) for a, b in ((d_model, d_ff),) * 2 + ((d_ff, d_model),)
-    )
+    n = _copies(3 * d_model * d_ff * 4, args.warm)
+    mlps = []  # n copies of (gate, up, down), weights in the same page layout as the kernel's
+    for _ in range(n):
+        layers = [torch.nn.Linear(d_model, d_ff, bias=False), torch.nn.Linear(d_model, d_ff, bias=False)]
+        layers.append(torch.nn.Linear(d_ff, d_model, bias=False))
+        for lin in layers:
+            lin.weight = torch.nn.Parameter(_layout(lin.weight.detach(), args), requires_grad=False)
+        mlps.append(layers)
     x = torch.randn(1, d_model)
     rows = []
     with torch.no_grad():
-        a = F.silu(gate(x))
 
-        def dense(_: int) -> torch.Tensor:
+        def dense(r: int) -> torch.Tensor:
+            gate, up, down = mlps[r % n]
             return down(F.silu(gate(x)) * up(x))
 
+        a = F.silu(mlps[0][0](x))
         for s in sparsities:
-            mlp = SparseGatedMLP.from_linears(gate, up, down, "silu", t_act=_threshold_masking(a, s / 100))
-            dense_s, sparse_s = _interleaved([dense, lambda _, mlp=mlp: mlp(x)], args.reps, args.warmup)
+            t_act = _threshold_masking(a, s / 100)
+            fused = [SparseGatedMLP.from_linears(*layers, "silu", t_act=t_act) for layers in mlps]
+            dense_s, sparse_s = _interleaved(
+                [dense, lambda r, fused=fused: fused[r % n](x)], args.reps, args.warmup
+            )
             read = (1 + 2 * (1 - s / 100)) / 3  # gate always read, up and down only for kept neurons
             rows.append(
                 {
@@ -125,6 +134,7 @@ def bench_mlp(shape: str, sparsities: list[float], args: argparse.Namespace) -> 
                 }
             )  # fmt: skip
             print(_row(rows[-1]), flush=True)
+            del fused
     return rows
 
 

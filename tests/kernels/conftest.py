@@ -36,11 +36,16 @@ def isa(request):
 
 @pytest.fixture(params=[1, 2, 3])
 def threads(request):
-    """Thread count handed to the kernels (torch's, restored afterwards); 3 exercises uneven splits."""
+    """Thread count handed to the kernels (torch's, restored afterwards); 3 exercises uneven splits.
+    The size below which calls stay single-threaded is lifted so small test shapes take the parallel path."""
     old = torch.get_num_threads()
     torch.set_num_threads(request.param)
+    ext = ops._extension()
+    old_min = ext.set_parallel_min_bytes(0) if ext is not None else None
     yield request.param
     torch.set_num_threads(old)
+    if ext is not None:
+        ext.set_parallel_min_bytes(old_min)
 
 
 @pytest.fixture

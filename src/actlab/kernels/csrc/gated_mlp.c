@@ -12,9 +12,6 @@
 #include <omp.h>
 #endif
 
-/* Below this many multiply-adds the up projection runs on one thread. */
-#define ACTLAB_MIN_PARALLEL_DOTS (1 << 15)
-
 static int check_shapes(const actlab_gated_mlp *m, actlab_mat x) {
     const int64_t dm = x.cols, dff = m->wg_t.cols;
     return actlab__valid_mat(x) && actlab__valid_mat(m->wg_t) && actlab__valid_mat(m->wu) &&
@@ -25,8 +22,8 @@ static int check_shapes(const actlab_gated_mlp *m, actlab_mat x) {
 /* u[r*B+b] = dot(wu[jidx[r], :], xm_b) + bu, for the kept neurons only, split over threads by rows. */
 static void up_rows(const kernel_table *kt, const actlab_gated_mlp *m, const int32_t *jidx, int64_t nr,
                     const float *xm, int64_t dm, int B, float *u, int num_threads) {
-    int nt = actlab__resolve_threads(num_threads);
-    if (nr * dm * B < ACTLAB_MIN_PARALLEL_DOTS || nt < 2) {
+    const int nt = actlab__resolve_threads(num_threads, nr * dm * (int64_t)sizeof(float));
+    if (nt < 2) {
         kt->dots(m->wu.data, m->wu.ld, jidx, nr, xm, dm, B, dm, u);
     } else {
 #ifdef _OPENMP

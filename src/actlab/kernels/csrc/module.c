@@ -108,6 +108,13 @@ static PyObject *py_advise_hugepages(PyObject *self, PyObject *args) {
     Py_RETURN_FALSE;
 }
 
+static PyObject *py_set_parallel_min_bytes(PyObject *self, PyObject *args) {
+    long long bytes;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "L:set_parallel_min_bytes", &bytes)) return NULL;
+    return PyLong_FromLongLong(actlab_set_parallel_min_bytes(bytes));
+}
+
 static PyObject *py_has_openmp(PyObject *self, PyObject *noargs) {
     (void)self;
     (void)noargs;
@@ -128,6 +135,9 @@ static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "force a path (auto, generic, avx2, avx512); for tests"},
     {"advise_hugepages", py_advise_hugepages, METH_VARARGS,
      "advise_hugepages(ptr, nbytes) -> bool: madvise(MADV_HUGEPAGE) on the 2 MiB-aligned interior"},
+    {"set_parallel_min_bytes", py_set_parallel_min_bytes, METH_VARARGS,
+     "set_parallel_min_bytes(n) -> previous: weight bytes a call reads before it goes multi-threaded "
+     "(negative: default 4 MiB)"},
     {"has_openmp", py_has_openmp, METH_NOARGS, "whether the extension was built with OpenMP"},
     {NULL, NULL, 0, NULL},
 };

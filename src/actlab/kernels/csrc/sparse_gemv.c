@@ -159,17 +159,41 @@ float actlab__apply_act(actlab_act act, float v) {
     return v;
 }
 
-int actlab__resolve_threads(int num_threads) {
+/*
+ * Weight bytes a call must read before it is split over threads. A parallel region ends in a join: on an
+ * idle machine that costs microseconds, but when the cores are shared with other processes the woken
+ * worker can wait a whole scheduler slice (measured: 8-20 ms per call instead of 0.1 ms for a 576x1536
+ * layer on a loaded 2-core box). Below ~4 MiB (~0.3 ms on one core) a single thread is the safe choice,
+ * and it is what MKL's dense GEMV does at those sizes too. ACTLAB_PARALLEL_MIN_BYTES overrides it.
+ */
+#define ACTLAB_PARALLEL_MIN_BYTES_DEFAULT (4 << 20)
+
+static int64_t g_parallel_min_bytes = -1; /* -1: not read from the environment yet */
+
+int64_t actlab__parallel_min_bytes(void) {
+    if (g_parallel_min_bytes < 0) { /* racy first read is benign: every thread computes the same value */
+        const char *env = getenv("ACTLAB_PARALLEL_MIN_BYTES");
+        const int64_t v = env ? atoll(env) : ACTLAB_PARALLEL_MIN_BYTES_DEFAULT;
+        g_parallel_min_bytes = v < 0 ? 0 : v;
+    }
+    return g_parallel_min_bytes;
+}
+
+int64_t actlab_set_parallel_min_bytes(int64_t bytes) {
+    const int64_t old = actlab__parallel_min_bytes();
+    g_parallel_min_bytes = bytes < 0 ? ACTLAB_PARALLEL_MIN_BYTES_DEFAULT : bytes;
+    return old;
+}
+
+int actlab__resolve_threads(int num_threads, int64_t bytes) {
 #ifdef _OPENMP
+    if (bytes < actlab__parallel_min_bytes()) return 1;
     return num_threads > 0 ? num_threads : omp_get_max_threads();
 #else
-    (void)num_threads;
+    (void)num_threads, (void)bytes;
     return 1;
 #endif
 }
-
-/* Below this many multiply-adds a parallel region costs more than it saves. */
-#define ACTLAB_MIN_PARALLEL_WORK (1 << 15)
 
 /* Block [c0, c1) of y = bias + sum_k xv[k] * wt[idx[k], :], optionally followed by act in place. */
 static void cols_block(const kernel_table *kt, actlab_mat wt, const int32_t *idx, const float *xv,
@@ -202,9 +226,8 @@ void actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx,
                      int B, const float *bias, float *y, int64_t y_ld, int num_threads,
                      const actlab_act *act) {
     const int64_t out = wt.cols;
-    int nt = actlab__resolve_threads(num_threads);
+    int nt = actlab__resolve_threads(num_threads, nk * out * (int64_t)sizeof(float));
     if (nt > (out + 63) / 64) nt = (int)((out + 63) / 64);
-    if (nk * out * B < ACTLAB_MIN_PARALLEL_WORK) nt = 1;
     const int64_t bw = block_width(out, nt);
     if (nt < 2) {
         for (int64_t c0 = 0; c0 < out; c0 += bw)

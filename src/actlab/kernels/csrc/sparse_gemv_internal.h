@@ -32,7 +32,10 @@ ACTLAB_INTERNAL int64_t actlab__select_rows(actlab_mat x, actlab_thr thr, int32_
 
 ACTLAB_INTERNAL float actlab__apply_act(actlab_act act, float v);
 
-ACTLAB_INTERNAL int actlab__resolve_threads(int num_threads);
+/* Threads for a call that reads `bytes` of weights: 1 below actlab__parallel_min_bytes(), else
+ * num_threads (<= 0: the OpenMP default). */
+ACTLAB_INTERNAL int64_t actlab__parallel_min_bytes(void);
+ACTLAB_INTERNAL int actlab__resolve_threads(int num_threads, int64_t bytes);
 
 /* y[b, :] = bias + sum_k xv[k*B+b] * wt[idx[k], :], then act in place if act is not NULL. */
 ACTLAB_INTERNAL void actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx,
