@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+import torch
+
 import actlab
 from actlab.data.windows import make_windows
 from actlab.engine.plan_bench import bench_plan
@@ -37,6 +39,7 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH", help="also write every result as JSON")
     args = ap.parse_args()
 
+    torch.set_num_threads(args.threads)  # a script: the machine line below reports what ran
     corpus = actlab.load_corpus("default")
     rows = []
     for spec in args.models:
