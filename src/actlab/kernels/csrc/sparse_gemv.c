@@ -12,19 +12,19 @@
 #include <omp.h>
 #endif
 
-/* Upper bound on the columns of one block: up to 16 KiB of y is accumulated (in L1/L2) while the weight
- * rows stream past it. Long row chunks matter more than an L1-sized accumulator: each chunk is a separate
- * stream for the prefetchers and a page crossing (paired runs on 4096x11008 and 11008x4096, on a busy
- * machine: 4096 was 5-10% faster than 1024). */
+/*
+ * Upper bound on the columns of one block (64 KiB of y, in L2). Blocks exist only so very wide layers
+ * keep their accumulator in cache: the reads are fastest when each kept row is one long contiguous run,
+ * so a thread normally takes its whole share of the columns at once. Measured with paired runs on
+ * 4096x11008 / 11008x4096 (1 thread): 1024 columns 25-40% slower, 2048 10-20% slower than 16384.
+ * No software prefetch either: the hardware prefetchers follow long row runs on their own, and the
+ * explicit prefetch of the next rows made it 8-16% slower.
+ */
 #ifndef ACTLAB_COL_BLOCK
-#define ACTLAB_COL_BLOCK 4096
+#define ACTLAB_COL_BLOCK 16384
 #endif
 
-/* Software prefetch of the weight rows a few groups ahead (the kept rows are not adjacent, so the
- * hardware prefetcher cannot find them) and the cache level it targets (3 = L1, 2 = L2). */
-#ifndef ACTLAB_PF_GROUPS
-#define ACTLAB_PF_GROUPS 1
-#endif
+/* Prefetch of the next kept row in the row-sparse up projection (its rows are separate runs). */
 #ifndef ACTLAB_PF_LOCALITY
 #define ACTLAB_PF_LOCALITY 3
 #endif

@@ -41,27 +41,8 @@ KTARGET static void KNAME(cols_b1)(const float *wt, int64_t ld, const int32_t *i
     for (; k + 4 <= nk; k += 4) {
         const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
         const float *r2 = base + idx[k + 2] * ld, *r3 = base + idx[k + 3] * ld;
-        /* The next group's rows are not adjacent in memory, so the hardware prefetcher cannot
-         * guess them: fetch them one line per line consumed here. */
-        const int64_t kp = k + 4 * ACTLAB_PF_GROUPS + 4 <= nk ? k + 4 * ACTLAB_PF_GROUPS : k;
-        const float *p0 = base + idx[kp] * ld, *p1 = base + idx[kp + 1] * ld;
-        const float *p2 = base + idx[kp + 2] * ld, *p3 = base + idx[kp + 3] * ld;
         const float s0 = xv[k], s1 = xv[k + 1], s2 = xv[k + 2], s3 = xv[k + 3];
         int64_t c = 0;
-        for (; c + KLINE <= nv; c += KLINE) {
-            __builtin_prefetch(p0 + c, 0, ACTLAB_PF_LOCALITY);
-            __builtin_prefetch(p1 + c, 0, ACTLAB_PF_LOCALITY);
-            __builtin_prefetch(p2 + c, 0, ACTLAB_PF_LOCALITY);
-            __builtin_prefetch(p3 + c, 0, ACTLAB_PF_LOCALITY);
-            for (int64_t v = c; v < c + KLINE; v += KW) {
-                KV a = KLOAD(acc + v);
-                a += s0 * KLOAD(r0 + v);
-                a += s1 * KLOAD(r1 + v);
-                a += s2 * KLOAD(r2 + v);
-                a += s3 * KLOAD(r3 + v);
-                KSTORE(acc + v, a);
-            }
-        }
         for (; c < nv; c += KW) {
             KV a = KLOAD(acc + c);
             a += s0 * KLOAD(r0 + c);
@@ -93,18 +74,9 @@ KTARGET static void KNAME(cols_bn)(const float *wt, int64_t ld, const int32_t *i
     for (; k + 4 <= nk; k += 4) {
         const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
         const float *r2 = base + idx[k + 2] * ld, *r3 = base + idx[k + 3] * ld;
-        const int64_t kp = k + 4 * ACTLAB_PF_GROUPS + 4 <= nk ? k + 4 * ACTLAB_PF_GROUPS : k;
-        const float *p0 = base + idx[kp] * ld, *p1 = base + idx[kp + 1] * ld;
-        const float *p2 = base + idx[kp + 2] * ld, *p3 = base + idx[kp + 3] * ld;
         const float *s0 = xv + k * B, *s1 = s0 + B, *s2 = s1 + B, *s3 = s2 + B;
         int64_t c = 0;
         for (; c < nv; c += KW) {
-            if ((c & (KLINE - 1)) == 0) {
-                __builtin_prefetch(p0 + c, 0, ACTLAB_PF_LOCALITY);
-                __builtin_prefetch(p1 + c, 0, ACTLAB_PF_LOCALITY);
-                __builtin_prefetch(p2 + c, 0, ACTLAB_PF_LOCALITY);
-                __builtin_prefetch(p3 + c, 0, ACTLAB_PF_LOCALITY);
-            }
             const KV w0 = KLOAD(r0 + c), w1 = KLOAD(r1 + c), w2 = KLOAD(r2 + c), w3 = KLOAD(r3 + c);
             for (int b = 0; b < B; ++b) {
                 float *acc = y + b * y_ld + c;
