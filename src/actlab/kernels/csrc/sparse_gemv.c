@@ -24,11 +24,6 @@
 #define ACTLAB_COL_BLOCK 16384
 #endif
 
-/* Prefetch of the next kept row in the row-sparse up projection (its rows are separate runs). */
-#ifndef ACTLAB_PF_LOCALITY
-#define ACTLAB_PF_LOCALITY 3
-#endif
-
 #define KSUFFIX generic
 #define KTARGET
 #define KVBYTES 16

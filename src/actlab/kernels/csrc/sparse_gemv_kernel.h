@@ -19,7 +19,6 @@
 #define KV KNAME(kvec)
 #define KVU KNAME(kvecu)
 #define KW ((int64_t)(KVBYTES / 4))      /* floats per vector */
-#define KLINE ((int64_t)16)              /* floats per 64-byte cache line */
 #define KLOAD(p) (*(const KVU *)(p))
 #define KSTORE(p, v) (*(KVU *)(p) = (v))
 
@@ -111,48 +110,51 @@ KTARGET static float KNAME(hsum)(KV v) {
 
 /*
  * Row-sparse output (the up projection of the gated MLP): out[r*B+b] = dot(w[rows[r]*ld, :n], x_b) for
- * the listed rows only. The weight is row-major, so each kept row is one contiguous read.
+ * the listed rows only. The weight is row-major, so each kept row is one contiguous read. Four rows are
+ * read side by side: a single sequential stream leaves the memory system mostly idle (7.5 GB/s measured
+ * on one core, against ~25 GB/s for four). Tokens after the first re-read the four rows from L2.
  */
 KTARGET static void KNAME(dots)(const float *w, int64_t ld, const int32_t *rows, int64_t nr,
                                 const float *x, int64_t x_ld, int B, int64_t n, float *out) {
     const int64_t nv = n / KW * KW;
-    for (int64_t r = 0; r < nr; ++r) {
-        const float *row = w + rows[r] * ld;
-        const float *next = w + rows[r + 1 < nr ? r + 1 : r] * ld;
-        for (int b0 = 0; b0 < B; b0 += 4) {
-            /* up to four tokens per pass keeps the accumulators in registers; the row is re-read
-             * from L1 for the next four */
-            const int nb = B - b0 < 4 ? B - b0 : 4;
-            const float *x0 = x + (int64_t)b0 * x_ld;
+    int64_t r = 0;
+    for (; r + 4 <= nr; r += 4) {
+        const float *w0 = w + rows[r] * ld, *w1 = w + rows[r + 1] * ld;
+        const float *w2 = w + rows[r + 2] * ld, *w3 = w + rows[r + 3] * ld;
+        for (int b = 0; b < B; ++b) {
+            const float *xb = x + (int64_t)b * x_ld;
             KV a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
             int64_t c = 0;
-            if (nb == 1) {
-                /* one token: four independent accumulators hide the FMA latency */
-                for (; c + 4 * KW <= nv; c += 4 * KW) {
-                    if (b0 == 0) __builtin_prefetch(next + c, 0, ACTLAB_PF_LOCALITY);
-                    a0 += KLOAD(row + c) * KLOAD(x0 + c);
-                    a1 += KLOAD(row + c + KW) * KLOAD(x0 + c + KW);
-                    a2 += KLOAD(row + c + 2 * KW) * KLOAD(x0 + c + 2 * KW);
-                    a3 += KLOAD(row + c + 3 * KW) * KLOAD(x0 + c + 3 * KW);
-                }
-                for (; c < nv; c += KW) a0 += KLOAD(row + c) * KLOAD(x0 + c);
-                float s = KNAME(hsum)((a0 + a1) + (a2 + a3));
-                for (; c < n; ++c) s += row[c] * x0[c];
-                out[r * B + b0] = s;
-                continue;
-            }
             for (; c < nv; c += KW) {
-                if (b0 == 0 && (c & (KLINE - 1)) == 0) __builtin_prefetch(next + c, 0, ACTLAB_PF_LOCALITY);
-                const KV wv = KLOAD(row + c);
-                a0 += wv * KLOAD(x0 + c);
-                a1 += wv * KLOAD(x0 + x_ld + c);
-                if (nb > 2) a2 += wv * KLOAD(x0 + 2 * x_ld + c);
-                if (nb > 3) a3 += wv * KLOAD(x0 + 3 * x_ld + c);
+                const KV xv = KLOAD(xb + c);
+                a0 += KLOAD(w0 + c) * xv;
+                a1 += KLOAD(w1 + c) * xv;
+                a2 += KLOAD(w2 + c) * xv;
+                a3 += KLOAD(w3 + c) * xv;
             }
-            float s[4] = {KNAME(hsum)(a0), KNAME(hsum)(a1), KNAME(hsum)(a2), KNAME(hsum)(a3)};
-            for (; c < n; ++c)
-                for (int b = 0; b < nb; ++b) s[b] += row[c] * x0[b * x_ld + c];
-            for (int b = 0; b < nb; ++b) out[r * B + b0 + b] = s[b];
+            float s0 = KNAME(hsum)(a0), s1 = KNAME(hsum)(a1), s2 = KNAME(hsum)(a2), s3 = KNAME(hsum)(a3);
+            for (; c < n; ++c) {
+                s0 += w0[c] * xb[c];
+                s1 += w1[c] * xb[c];
+                s2 += w2[c] * xb[c];
+                s3 += w3[c] * xb[c];
+            }
+            out[r * B + b] = s0;
+            out[(r + 1) * B + b] = s1;
+            out[(r + 2) * B + b] = s2;
+            out[(r + 3) * B + b] = s3;
+        }
+    }
+    for (; r < nr; ++r) {
+        const float *w0 = w + rows[r] * ld;
+        for (int b = 0; b < B; ++b) {
+            const float *xb = x + (int64_t)b * x_ld;
+            KV a0 = {0};
+            int64_t c = 0;
+            for (; c < nv; c += KW) a0 += KLOAD(w0 + c) * KLOAD(xb + c);
+            float s0 = KNAME(hsum)(a0);
+            for (; c < n; ++c) s0 += w0[c] * xb[c];
+            out[r * B + b] = s0;
         }
     }
 }
@@ -163,6 +165,5 @@ KTARGET static void KNAME(dots)(const float *w, int64_t ld, const int32_t *rows,
 #undef KV
 #undef KVU
 #undef KW
-#undef KLINE
 #undef KLOAD
 #undef KSTORE
