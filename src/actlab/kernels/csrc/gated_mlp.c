@@ -5,6 +5,7 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "sparse_gemv_internal.h"
 
@@ -40,6 +41,59 @@ static void up_rows(const kernel_table *kt, const actlab_gated_mlp *m, const int
             for (int b = 0; b < B; ++b) u[r * B + b] += m->bu[jidx[r]];
 }
 
+/* Scratch buffers of one forward call (sizes in elements). */
+typedef struct {
+    int32_t *idx_in; /* [dm] kept inputs */
+    int32_t *jidx;   /* [dff] kept neurons */
+    float *xv_in;    /* [dm, B] kept input values, compacted */
+    float *xm;       /* [B, dm] masked x, dense, for the up dot products */
+    float *g;        /* [B, dff] gate, then act(gate) */
+    float *av;       /* [dff, B] kept activations, compacted */
+    float *u;        /* [dff, B] up projection of kept neurons, then h */
+    unsigned char *keep; /* [dff, B] whether token b keeps neuron k */
+} scratch;
+
+static int forward(const kernel_table *kt, const actlab_gated_mlp *m, actlab_mat x, float *y, int64_t y_ld,
+                   int num_threads, const scratch *s) {
+    const int B = (int)x.rows;
+    const int64_t dm = x.cols, dff = m->wg_t.cols;
+
+    /* gate: sparse-input GEMV over the input mask; act is applied by each thread on its own slice */
+    const int64_t nk_in = actlab__select_rows(x, m->t_in, s->idx_in, s->xv_in, NULL);
+    memset(s->xm, 0, (size_t)(B * dm) * sizeof(float));
+    for (int64_t k = 0; k < nk_in; ++k)
+        for (int b = 0; b < B; ++b) s->xm[b * dm + s->idx_in[k]] = s->xv_in[k * B + b];
+    int status = actlab__run_cols(kt, m->wg_t, s->idx_in, s->xv_in, nk_in, B, m->bg, s->g, dff, num_threads,
+                                  &m->act);
+    if (status != ACTLAB_OK) return status;
+
+    /* neuron selection: union over tokens, each token keeps its own mask */
+    const actlab_mat a = {s->g, B, dff, dff};
+    const int64_t nr = actlab__select_rows(a, m->t_act, s->jidx, s->av, s->keep);
+
+    up_rows(kt, m, s->jidx, nr, s->xm, dm, B, s->u, num_threads);
+
+    /* h = a * up where the token keeps the neuron; where() semantics: a masked neuron is exactly 0 even
+     * if its up value is inf/NaN. Then the optional down-input mask, compacting again. */
+    int64_t nd = 0;
+    for (int64_t r = 0; r < nr; ++r) {
+        const float t = m->t_down.data ? m->t_down.data[s->jidx[r] * m->t_down.stride] : 0.0f;
+        int any = 0;
+        for (int b = 0; b < B; ++b) {
+            const int kept = s->keep[r * B + b];
+            const float h = kept ? s->av[r * B + b] * s->u[r * B + b] : 0.0f;
+            const int k = m->t_down.data ? fabsf(h) > t : kept;
+            s->u[nd * B + b] = k ? h : 0.0f;
+            any |= k;
+        }
+        s->jidx[nd] = s->jidx[r];
+        nd += any;
+    }
+
+    /* down: sparse-input GEMV over the kept neurons */
+    return actlab__run_cols(kt, m->wd_t, s->jidx, s->u, nd, B, m->bd, y, y_ld, num_threads, NULL);
+}
+
 int actlab_gated_mlp_forward(const actlab_gated_mlp *m, actlab_mat x, float *y, int64_t y_ld,
                              int num_threads) {
     if (m == NULL || !check_shapes(m, x)) return ACTLAB_ERR_ARGS;
@@ -47,60 +101,22 @@ int actlab_gated_mlp_forward(const actlab_gated_mlp *m, actlab_mat x, float *y, 
     const int64_t dm = x.cols, dff = m->wg_t.cols;
     if (B == 0 || dm == 0) return ACTLAB_OK;
     if (y == NULL || y_ld < dm) return ACTLAB_ERR_ARGS;
-    const kernel_table *kt = actlab__kernels();
 
-    /* one allocation for every scratch buffer; sizes in elements */
-    const size_t n_idx = (size_t)(dm + dff + 2), n_f = (size_t)(dm * B + B * dm + 3 * dff * B + 4);
-    int32_t *idx_in = malloc(n_idx * sizeof(int32_t));
-    float *fbuf = malloc(n_f * sizeof(float));
+    /* one allocation per element type for every scratch buffer */
+    int32_t *ibuf = malloc((size_t)(dm + dff + 2) * sizeof(int32_t));
+    float *fbuf = malloc((size_t)(2 * B * dm + 3 * dff * B + 4) * sizeof(float));
     unsigned char *keep = malloc((size_t)(dff * B + 1));
-    if (!idx_in || !fbuf || !keep) {
-        free(idx_in);
-        free(fbuf);
-        free(keep);
-        return ACTLAB_ERR_NOMEM;
+    int status = ACTLAB_ERR_NOMEM;
+    if (ibuf && fbuf && keep) {
+        const scratch s = {
+            .idx_in = ibuf, .jidx = ibuf + dm + 1, .xv_in = fbuf, .xm = fbuf + dm * B,
+            .g = fbuf + 2 * dm * B, .av = fbuf + 2 * dm * B + dff * B, .u = fbuf + 2 * dm * B + 2 * dff * B,
+            .keep = keep,
+        };
+        status = forward(actlab__kernels(), m, x, y, y_ld, num_threads, &s);
     }
-    int32_t *jidx = idx_in + dm + 1;
-    float *xv_in = fbuf;           /* [dm, B] kept inputs, compacted */
-    float *xm = xv_in + dm * B;    /* [B, dm] masked x, dense, for the up dot products */
-    float *g = xm + B * dm;        /* [B, dff] gate, then act(gate) */
-    float *av = g + dff * B;       /* [dff, B] kept activations, compacted */
-    float *u = av + dff * B;       /* [dff, B] up projection of kept neurons, then h */
-
-    /* gate: sparse-input GEMV over the input mask; act is applied by each thread on its own slice */
-    const int64_t nk_in = actlab__select_rows(x, m->t_in, idx_in, xv_in, NULL);
-    for (int b = 0; b < B; ++b)
-        for (int64_t i = 0; i < dm; ++i) xm[b * dm + i] = 0.0f;
-    for (int64_t k = 0; k < nk_in; ++k)
-        for (int b = 0; b < B; ++b) xm[b * dm + idx_in[k]] = xv_in[k * B + b];
-    actlab__run_cols(kt, m->wg_t, idx_in, xv_in, nk_in, B, m->bg, g, dff, num_threads, &m->act);
-
-    /* neuron selection: union over tokens, each token keeps its own mask */
-    const actlab_mat a = {g, B, dff, dff};
-    const int64_t nr = actlab__select_rows(a, m->t_act, jidx, av, keep);
-
-    up_rows(kt, m, jidx, nr, xm, dm, B, u, num_threads);
-
-    /* h = a * up where the token keeps the neuron; where() semantics: a masked neuron is exactly 0 even
-     * if its up value is inf/NaN. Then the optional down-input mask, compacting again. */
-    int64_t nd = 0;
-    for (int64_t r = 0; r < nr; ++r) {
-        const float t = m->t_down.data ? m->t_down.data[jidx[r] * m->t_down.stride] : 0.0f;
-        int any = 0;
-        for (int b = 0; b < B; ++b) {
-            const float h = keep[r * B + b] ? av[r * B + b] * u[r * B + b] : 0.0f;
-            const int k = m->t_down.data ? fabsf(h) > t : keep[r * B + b];
-            u[nd * B + b] = k ? h : 0.0f;
-            any |= k;
-        }
-        jidx[nd] = jidx[r];
-        nd += any;
-    }
-
-    /* down: sparse-input GEMV over the kept neurons */
-    actlab__run_cols(kt, m->wd_t, jidx, u, nd, B, m->bd, y, y_ld, num_threads, NULL);
-    free(idx_in);
+    free(ibuf);
     free(fbuf);
     free(keep);
-    return ACTLAB_OK;
+    return status;
 }

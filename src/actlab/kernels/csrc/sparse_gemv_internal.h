@@ -37,8 +37,9 @@ ACTLAB_INTERNAL float actlab__apply_act(actlab_act act, float v);
 ACTLAB_INTERNAL int64_t actlab__parallel_min_bytes(void);
 ACTLAB_INTERNAL int actlab__resolve_threads(int num_threads, int64_t bytes);
 
-/* y[b, :] = bias + sum_k xv[k*B+b] * wt[idx[k], :], then act in place if act is not NULL. */
-ACTLAB_INTERNAL void actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx,
+/* y[b, :] = bias + sum_k xv[k*B+b] * wt[idx[k], :], then act in place if act is not NULL.
+ * Returns ACTLAB_OK or ACTLAB_ERR_NOMEM. */
+ACTLAB_INTERNAL int actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx,
                                       const float *xv, int64_t nk, int B, const float *bias, float *y,
                                       int64_t y_ld, int num_threads, const actlab_act *act);
 
