@@ -16,14 +16,22 @@ a dense matmul on the masked input, which is faster there and has the same seman
 from __future__ import annotations
 
 import importlib
-import math
-import os
 import warnings
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from actlab.kernels._args import (
+    DISABLE_ENV,
+    choose_route,
+    count_rows,
+    env_disabled,
+    linear_backward,
+    linear_setup_context,
+    rows_view,
+    threshold_args,
+)
 from actlab.kernels.reference import (
     Activation,
     sparse_gated_mlp_reference,
@@ -31,6 +39,7 @@ from actlab.kernels.reference import (
 )
 
 __all__ = [
+    "DISABLE_ENV",
     "MAX_KERNEL_ROWS",
     "ActlabKernelWarning",
     "Activation",
@@ -43,7 +52,6 @@ __all__ = [
     "sparse_linear_reference",
 ]
 
-DISABLE_ENV = "ACTLAB_DISABLE_KERNELS"
 # Tokens per call up to which the kernel runs (decode, small batches); above it a GEMM on the masked input.
 # Measured (1 thread, 4096x11008, 50% per token, random masks so the union is ~all rows from 4 tokens):
 # kernel 11 / 15 / 28 / 54 ms for 2 / 4 / 8 / 16 tokens against F.linear 24 / 42 / 52 / 77 ms. The kernel
@@ -80,7 +88,7 @@ def available() -> bool:
         >>> isinstance(ops.available(), bool)
         True
     """
-    return not _env_disabled() and _extension() is not None
+    return not env_disabled() and _extension() is not None
 
 
 def isa() -> str:
@@ -122,24 +130,9 @@ def _warn_once(reason: str) -> None:
         warnings.warn(f"actlab sparse kernels unavailable: {reason}", ActlabKernelWarning, stacklevel=3)
 
 
-_ENV_KEY = DISABLE_ENV.encode()
-
-
-def _env_disabled() -> bool:
-    """ACTLAB_DISABLE_KERNELS set (to anything but 0), read on every call so tests can flip it.
-
-    Reads the bytes mapping behind ``os.environ`` where CPython has one: ``os.environ.get`` encodes the
-    key on every call and costs about a microsecond, a tenth of this op's whole Python overhead."""
-    data = getattr(os.environ, "_data", None)
-    value = (
-        data.get(_ENV_KEY) if isinstance(data, dict) and os.name == "posix" else os.environ.get(DISABLE_ENV)
-    )
-    return value not in (None, "", "0", b"", b"0")
-
-
 def _why_not_kernel(*tensors: Tensor | None) -> str | None:
     """None if the extension can run on these tensors, else the reason (for the warning)."""
-    if _env_disabled():
+    if env_disabled():
         return f"disabled by {DISABLE_ENV}=1"
     if _extension() is None:
         return _ext_error or "extension not built"
@@ -147,49 +140,6 @@ def _why_not_kernel(*tensors: Tensor | None) -> str | None:
         if t is not None and not (t.is_cpu and t.dtype is torch.float32):
             return f"kernels are CPU float32 only (got {t.dtype} on {t.device})"
     return None
-
-
-def _route(x: Tensor, *others: Tensor | None) -> str:
-    """ "op" while compiling/exporting (or on tensor subclasses such as fake tensors), "reference" when
-    autograd must see the computation, else "direct": call the extension with raw pointers."""
-    if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
-        return "op"
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *others)):
-        return "reference"
-    return "direct"
-
-
-def _rows(x: Tensor) -> int:
-    """Number of tokens in a [..., features] tensor (prefill when above MAX_KERNEL_ROWS)."""
-    n = x.shape[-1] if x.dim() else 1
-    return x.numel() // n if n else math.prod(x.shape[:-1])
-
-
-def _thr_args(t: Tensor | None, n: int) -> tuple[int, int, Tensor | None]:
-    """(pointer, stride, keep-alive tensor) for a threshold: stride 0 broadcasts a scalar."""
-    if t is None:
-        return 0, 0, None
-    if t.dtype is not torch.float32 or not t.is_contiguous():
-        t = t.to(torch.float32).contiguous()
-    if t.numel() == 1:
-        return t.data_ptr(), 0, t
-    if t.numel() != n:
-        raise ValueError(f"threshold has {t.numel()} values, expected 1 or {n}")
-    return t.data_ptr(), 1, t
-
-
-def _as_rows(x: Tensor) -> tuple[Tensor, int, int]:
-    """(tensor, rows, row stride) describing x as [rows, features] rows with unit stride for the C side.
-
-    A contiguous x (the decode case) is used as is: a reshape costs more than the rest of the call."""
-    n = x.shape[-1]
-    if x.is_contiguous():
-        return x, _rows(x), n
-    x2 = x.reshape(_rows(x), n)  # [rows, in]; a view when possible
-    if x2.stride(-1) != 1 or (x2.shape[0] > 1 and x2.stride(0) < x2.shape[1]):
-        x2 = x2.contiguous()
-    ld = x2.stride(0) if x2.shape[0] > 1 else n  # a single row's stride is arbitrary
-    return x2, x2.shape[0], ld
 
 
 def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
@@ -200,9 +150,9 @@ def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None
     if shape[-1] != n_in:
         raise ValueError(f"x has {shape[-1]} features, wt expects {n_in}")
     if x.is_contiguous():
-        x2, rows, x_ld = x, x.numel() // n_in if n_in else _rows(x), n_in
+        x2, rows, x_ld = x, x.numel() // n_in if n_in else count_rows(x), n_in
     else:
-        x2, rows, x_ld = _as_rows(x)
+        x2, rows, x_ld = rows_view(x)
     if wt.stride(1) != 1:
         wt = wt.contiguous()
     if threshold.dtype is torch.float32 and threshold.is_contiguous():
@@ -210,7 +160,7 @@ def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None
         if thr_stride and threshold.numel() != n_in:
             raise ValueError(f"threshold has {threshold.numel()} values, expected 1 or {n_in}")
     else:
-        thr_ptr, thr_stride, threshold = _thr_args(threshold, n_in)
+        thr_ptr, thr_stride, threshold = threshold_args(threshold, n_in)
     bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
     # [..., out], float32 (checked by the caller)
     y = torch.empty(rows, n_out) if len(shape) == 2 else torch.empty(shape[:-1] + (n_out,))
@@ -234,7 +184,7 @@ def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None
 
 def _linear_impl(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
     n_in = wt.shape[0]
-    if (x.numel() // n_in if n_in else _rows(x)) <= MAX_KERNEL_ROWS:
+    if (x.numel() // n_in if n_in else count_rows(x)) <= MAX_KERNEL_ROWS:
         reason = _why_not_kernel(x, wt, threshold, bias)
         if reason is None:
             return _linear_kernel(x, wt, threshold, bias)
@@ -264,7 +214,7 @@ def sparse_linear(x: Tensor, wt: Tensor, threshold: Tensor | float, bias: Tensor
     """
     if not isinstance(threshold, Tensor):
         threshold = torch.tensor(float(threshold), dtype=torch.float32, device=x.device)
-    route = _route(x, wt, threshold, bias)
+    route = choose_route(x, wt, threshold, bias)
     if route == "direct":
         return _linear_impl(x, wt, threshold, bias)
     if route == "reference":
@@ -282,24 +232,7 @@ def _(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
     return x.new_empty(*x.shape[:-1], wt.shape[1])
 
 
-def _linear_setup_context(ctx, inputs, output) -> None:
-    x, wt, threshold, bias = inputs
-    ctx.save_for_backward(x, wt, threshold)
-    ctx.has_bias = bias is not None
-
-
-def _linear_backward(ctx, grad: Tensor):
-    """Gradients of the masked linear: masked inputs get none (straight through for kept ones)."""
-    x, wt, threshold = ctx.saved_tensors
-    keep = x.abs() > threshold
-    grad_x = torch.where(keep, grad @ wt.t(), torch.zeros((), dtype=grad.dtype))  # [..., in]
-    xm = torch.where(keep, x, torch.zeros((), dtype=x.dtype)).reshape(-1, x.shape[-1])  # [rows, in]
-    grad_wt = xm.t() @ grad.reshape(-1, grad.shape[-1])  # [in, out]
-    grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
-    return grad_x, grad_wt, None, grad_bias
-
-
-_sparse_linear_op.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+_sparse_linear_op.register_autograd(linear_backward, setup_context=linear_setup_context)
 
 
 def _mlp_kernel(
@@ -315,7 +248,7 @@ def _mlp_kernel(
     t_down: Tensor | None,
     act: int,
 ) -> Tensor:
-    x2, rows, x_ld = _as_rows(x)
+    x2, rows, x_ld = rows_view(x)
     wg_t, wu, wd_t = (w if w.stride(1) == 1 else w.contiguous() for w in (wg_t, wu, wd_t))
     d_model, d_ff = wg_t.shape
     if wu.shape != (d_ff, d_model) or wd_t.shape != (d_ff, d_model) or x.shape[-1] != d_model:
@@ -324,9 +257,9 @@ def _mlp_kernel(
             f"w_up {tuple(wu.shape)}, w_down_t {tuple(wd_t.shape)}"
         )
     bg, bu, bd = (None if b is None else b.contiguous() for b in (bg, bu, bd))
-    p_in, s_in, _k1 = _thr_args(t_in, d_model)
-    p_act, s_act, _k2 = _thr_args(t_act, d_ff)
-    p_down, s_down, _k3 = _thr_args(t_down, d_ff)
+    p_in, s_in, _k1 = threshold_args(t_in, d_model)
+    p_act, s_act, _k2 = threshold_args(t_act, d_ff)
+    p_down, s_down, _k3 = threshold_args(t_down, d_ff)
     y = torch.empty(x.shape)  # [..., d_model], float32 (checked by the caller)
     _ext.gated_mlp(  # type: ignore[union-attr]
         x2.data_ptr(),
@@ -368,7 +301,7 @@ def _mlp_impl(
     t_down: Tensor | None,
     act: int,
 ) -> Tensor:
-    if _rows(x) <= MAX_KERNEL_ROWS:
+    if count_rows(x) <= MAX_KERNEL_ROWS:
         reason = _why_not_kernel(x, wg_t, wu, wd_t, bg, bu, bd, t_in, t_act, t_down)
         if reason is None:
             return _mlp_kernel(x, wg_t, wu, wd_t, bg, bu, bd, t_in, t_act, t_down, act)
@@ -419,7 +352,7 @@ def sparse_gated_mlp(
         for t in (t_in, t_act, t_down)
     )
     args = (x, w_gate_t, w_up, w_down_t, *biases, t_in, t_act, t_down, code)
-    route = _route(x, w_gate_t, w_up, w_down_t, *biases)
+    route = choose_route(x, w_gate_t, w_up, w_down_t, *biases)
     if route == "direct":
         return _mlp_impl(*args)
     if route == "reference":
