@@ -126,7 +126,7 @@ def _load_pretrained(name: str, dtype: torch.dtype, hub: bool = False) -> tuple[
 
     try:
         config = transformers.AutoConfig.from_pretrained(name)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # missing files / no network, or a config transformers cannot read
         where = "the Hugging Face hub (is the id right, and is there network?)" if hub else name
         raise ModelLoadError(f"cannot load model {name!r} from {where}: {str(e).splitlines()[0]}") from e
     if config.model_type not in ADAPTERS:
