@@ -28,8 +28,9 @@ typedef float KVU __attribute__((vector_size(KVBYTES), aligned(4), may_alias));
 
 /*
  * y[c] += sum_k xv[k] * wt[idx[k]*ld + c0 + c] for c in [0, n), one token. The caller keeps n to one
- * column block so this slice of y stays in cache while the weight rows stream past it; four rows are
- * folded into each load/store of the accumulator.
+ * column block so this slice of y stays in cache while the weight rows stream past it. Eight rows are
+ * folded into each load/store of the accumulator: eight concurrent row streams also keep more memory
+ * requests in flight (5-9% faster than four on 576-float rows, the same on long rows).
  */
 KTARGET static void KNAME(cols_b1)(const float *wt, int64_t ld, const int32_t *idx, const float *xv,
                                    int64_t nk, int64_t c0, int64_t n, float *y) {
@@ -37,6 +38,30 @@ KTARGET static void KNAME(cols_b1)(const float *wt, int64_t ld, const int32_t *i
     float *acc = y;
     const float *base = wt + c0;
     int64_t k = 0;
+    for (; k + 8 <= nk; k += 8) {
+        const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
+        const float *r2 = base + idx[k + 2] * ld, *r3 = base + idx[k + 3] * ld;
+        const float *r4 = base + idx[k + 4] * ld, *r5 = base + idx[k + 5] * ld;
+        const float *r6 = base + idx[k + 6] * ld, *r7 = base + idx[k + 7] * ld;
+        const float s0 = xv[k], s1 = xv[k + 1], s2 = xv[k + 2], s3 = xv[k + 3];
+        const float s4 = xv[k + 4], s5 = xv[k + 5], s6 = xv[k + 6], s7 = xv[k + 7];
+        int64_t c = 0;
+        for (; c < nv; c += KW) {
+            KV a = KLOAD(acc + c);
+            a += s0 * KLOAD(r0 + c);
+            a += s1 * KLOAD(r1 + c);
+            a += s2 * KLOAD(r2 + c);
+            a += s3 * KLOAD(r3 + c);
+            a += s4 * KLOAD(r4 + c);
+            a += s5 * KLOAD(r5 + c);
+            a += s6 * KLOAD(r6 + c);
+            a += s7 * KLOAD(r7 + c);
+            KSTORE(acc + c, a);
+        }
+        for (; c < n; ++c)
+            acc[c] += s0 * r0[c] + s1 * r1[c] + s2 * r2[c] + s3 * r3[c] + s4 * r4[c] + s5 * r5[c] +
+                      s6 * r6[c] + s7 * r7[c];
+    }
     for (; k + 4 <= nk; k += 4) {
         const float *r0 = base + idx[k] * ld, *r1 = base + idx[k + 1] * ld;
         const float *r2 = base + idx[k + 2] * ld, *r3 = base + idx[k + 3] * ld;
