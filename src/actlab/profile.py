@@ -131,6 +131,9 @@ def profile_model(
         if site.kind == "resid_out":
             tracker.update(x, layer=site.layer, token_ids=state["ids"])
 
+    # Every site lives inside the backbone, so its head (a 49k-token LM head is a seventh of SmolLM2's
+    # forward) would compute logits nobody reads; hooks fire the same when the backbone is called alone.
+    body = getattr(model, "base_model", model)
     n = windows.shape[0]
     start = time.perf_counter()
     with _progress(progress, n * windows.shape[1]) as advance, torch.inference_mode():
@@ -138,7 +141,7 @@ def profile_model(
             for i in range(0, n, batch_size):
                 batch = windows[i : i + batch_size]
                 state["ids"] = batch
-                model(input_ids=batch, use_cache=False)
+                body(input_ids=batch, use_cache=False)
                 advance(batch.numel())
     seconds = time.perf_counter() - start
     if tokenizer is not None:
