@@ -137,7 +137,11 @@ def optimize(
         "why": why,
         "candidates": [{"label": c.label, "sparsity_model_wide": c.sparsity, "ppl_heldout": c.ppl,
                         "ppl_increase_pct_heldout": c.ppl_increase_pct} for c in candidates],
-        "eval": ev.to_dict(),
+        "max_ppl_increase": max_ppl_increase,
+        "sparsity_target": sparsity,
+        "search_tokens": int(heldout.numel()),
+        "eval": {**ev.to_dict(), **({"within_budget": ev.ppl_increase_pct <= max_ppl_increase}
+                                    if max_ppl_increase is not None else {})},
         "speed": {k: v for k, v in speed.items() if k != "samples"},
         "speedup": speed["speedup"],
         "plan": str(out / "plan"),

@@ -51,5 +51,9 @@ def optimize(
         f"report: [bold]{summary['report']}[/]  plan: {summary['plan']}",
         highlight=False,
     )
+    if not ev.get("within_budget", True):
+        console.print(f"[yellow]note:[/] on the eval split perplexity rose {ev['ppl_increase_pct']:+.2f}%, more than the "
+                      f"+{max_ppl_increase:g}% met on held-out calibration text; raise --search-tokens for a closer "
+                      "match", highlight=False)
     if json_out:
         print_json(summary)

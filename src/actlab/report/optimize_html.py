@@ -12,13 +12,13 @@ def _quality_curve(candidates: list[Any], path: Path) -> Path | None:
     """Held-out perplexity increase against model-wide sparsity, from every probe of every candidate."""
     from matplotlib.figure import Figure
 
-    probes = [(c.label, t) for c in candidates for t in c.trace if "sparsity" in t and "ppl" in t]
-    if not probes:
+    # keys as ``actlab.sparsity.search`` writes each probe
+    if not any("sparsity_model_wide" in t for c in candidates for t in c.trace):
         return None
     fig = Figure(figsize=(7, 3.8), dpi=110, layout="constrained")
     ax = fig.subplots()
     for c in candidates:
-        pts = sorted((t["sparsity"], t.get("increase_pct", 0.0)) for t in c.trace if "sparsity" in t)
+        pts = sorted((t["sparsity_model_wide"], t["ppl_increase_pct"]) for t in c.trace if "sparsity_model_wide" in t)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=c.label)
     ax.set_xlabel("model-wide sparsity")
@@ -28,6 +28,17 @@ def _quality_curve(candidates: list[Any], path: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.savefig(path)
     return path
+
+
+def _budget_note(summary: dict[str, Any]) -> str:
+    """Say so when the eval split disagrees with the held-out text the budget was met on."""
+    ev, budget = summary["eval"], summary.get("max_ppl_increase")
+    if budget is None or ev.get("within_budget", True):
+        return ""
+    return (f"<p><b>Note:</b> on the evaluation split perplexity rises {ev['ppl_increase_pct']:+.2f}%, more than the "
+            f"+{budget:g}% budget it met on the held-out calibration text ({summary['search_tokens']:,} tokens): "
+            "two small samples of text disagree by a few points. Raise <code>--search-tokens</code> for a closer "
+            "match, or ask for a smaller budget.</p>")
 
 
 def render_optimize(summary: dict[str, Any], candidates: list[Any], images: dict[str, Path], out_dir: Path) -> str:
@@ -54,6 +65,7 @@ def render_optimize(summary: dict[str, Any], candidates: list[Any], images: dict
         _table(["perplexity dense", "perplexity sparse", "increase %", "model-wide sparsity", "weight bytes skipped"],
                [[ev["ppl_dense"], ev["ppl"], ev["ppl_increase_pct"], ev["sparsity_model_wide"], ev["bytes_skipped_frac"]]],
                left=0),
+        _budget_note(summary),
         f"<h2>Decode speed ({sp['threads']} threads, {sp['new_tokens']} new tokens, median of {sp['reps']} interleaved rounds)</h2>",
         _table(["engine", "tokens/s", "× actlab dense"], speed_rows),
         f"<p>Memory-traffic ceiling of this plan: {sp['ceiling']:.2f}× (dense bytes / bytes still read per token); "

@@ -1,0 +1,69 @@
+"""The main job on a tiny model: a plan, a summary and a report with every section, written atomically."""
+
+import json
+
+import pytest
+
+import actlab
+from actlab.optimize import optimize
+
+SMALL = dict(calib_tokens=512, search_tokens=256, eval_tokens=256, profile_tokens=256, seq_len=64,
+             new_tokens=4, reps=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "notes.txt"
+    path.write_text("Sparse activations make decoding faster when kernels skip the zeros. " * 400)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("opt") / "run"
+    return out, optimize("random:tiny-llama", out=out, max_ppl_increase=5.0, data=corpus, **SMALL)
+
+
+def test_writes_plan_summary_and_report(run):
+    out, summary = run
+    assert {p.name for p in out.iterdir()} >= {"plan", "report.html", "summary.json", "quality_curve.png"}
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    model, _ = actlab.load_model("random:tiny-llama")
+    plan = actlab.SparsityPlan.load(out / "plan")
+    assert plan.method == summary["method"]
+    actlab.apply_(model, plan)
+    actlab.remove_(model)
+
+
+def test_auto_tries_every_candidate_and_keeps_the_sparsest_within_budget(run):
+    _, summary = run
+    cands = summary["candidates"]
+    assert [c["label"] for c in cands] == ["teal (global)", "wina (global)", "chess"]
+    within = [c for c in cands if c["ppl_increase_pct_heldout"] <= 5.0 + 1e-9]
+    assert within, cands
+    assert summary["chosen"] == max(within, key=lambda c: c["sparsity_model_wide"])["label"]
+    for key in ("tok_s_dense", "tok_s_sparse", "tok_s_hf_dense", "speedup", "ceiling", "ceiling_frac"):
+        assert summary["speed"][key] > 0, key
+    assert summary["eval"]["protocol"] == "strict"
+    assert isinstance(summary["eval"]["within_budget"], bool)
+
+
+def test_report_has_every_section(run):
+    out, _ = run
+    html = (out / "report.html").read_text()
+    for heading in ("Candidates", "Quality against sparsity", "Decode speed", "Activation density by layer"):
+        assert heading in html, heading
+    assert html.count("data:image/png;base64,") >= 3
+
+
+def test_one_method_at_a_sparsity(tmp_path, corpus):
+    summary = optimize("random:tiny-llama", out=tmp_path / "r", sparsity=0.3, method="teal", data=corpus, **SMALL)
+    assert [c["label"] for c in summary["candidates"]] == ["teal"]
+    assert summary["eval"]["sparsity_model_wide"] == pytest.approx(0.3, abs=0.05)
+
+
+def test_both_or_neither_target_is_refused_and_nothing_written(tmp_path, corpus):
+    for kw in ({}, {"sparsity": 0.5, "max_ppl_increase": 5.0}):
+        with pytest.raises(actlab.PlanError, match="exactly one"):
+            optimize("random:tiny-llama", out=tmp_path / "r", data=corpus, **kw, **SMALL)
+    assert not (tmp_path / "r").exists()
