@@ -40,6 +40,7 @@ class Row:
     key: str
     method: str
     allocation: str = "uniform"
+    rotate: tuple[str, ...] = ()
 
     def config(self, knob: float | None = None) -> Any:
         from actlab.sparsity.config import config_from_dict
@@ -47,13 +48,19 @@ class Row:
         d: dict[str, Any] = {"method": self.method}
         if self.allocation != "uniform":
             d["allocation"] = self.allocation
+        if self.rotate:
+            d["rotate"] = list(self.rotate)
         cfg = config_from_dict(d)
         return cfg if knob is None else cfg.with_knob(knob)
 
     def calibrate_args(self) -> str:
         alloc = f" --allocation {self.allocation}" if self.allocation != "uniform" else ""
-        return f"--method {self.method}{alloc}"
+        rot = "".join(f" --rotate {k}" for k in self.rotate)
+        return f"--method {self.method}{alloc}{rot}"
 
+
+#: rotated rows: gate/up (half the weights; its rotation costs a fifth of them) and o (nearly free)
+ROTATE = ("mlp.gate_up_in", "attn.o_in")
 
 ROWS = [
     Row("teal-uniform", "teal"),
@@ -61,6 +68,8 @@ ROWS = [
     Row("teal-global", "teal", "global"),
     Row("wina-uniform", "wina"),
     Row("wina-global", "wina", "global"),
+    Row("teal-uniform-rot", "teal", rotate=ROTATE),
+    Row("teal-global-rot", "teal", "global", rotate=ROTATE),
     Row("chess", "chess"),
     Row("cats", "cats"),
     Row("topk", "topk"),
@@ -159,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["table"][row.key][str(level)] = {
                 "ppl": r.ppl, "ppl_increase_pct": r.ppl_increase_pct, "sparsity_measured": r.sparsity_model_wide,
                 "bytes_skipped_frac": r.bytes_skipped_frac,
+                "sparsity_net": r.sparsity_model_wide_net,
                 "command": f"actlab calibrate {common} {row.calibrate_args()} --sparsity {level} "
                            f"--tokens {a.calib_tokens} --out PLAN && {eval_cmd}",
             }
@@ -175,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "heldout_ppl_increase_pct": found.increase_pct, "probes": len(found.trace),
                 "eval_ppl": r.ppl, "eval_ppl_increase_pct": r.ppl_increase_pct,
                 "sparsity_measured": r.sparsity_model_wide, "bytes_skipped_frac": r.bytes_skipped_frac,
+                "sparsity_net": r.sparsity_model_wide_net,
                 "command": f"actlab calibrate {common} {row.calibrate_args()} --max-ppl-increase {target:g} "
                            f"--tokens {a.calib_tokens} --search-tokens {a.search_tokens} --out PLAN && {eval_cmd}",
             }

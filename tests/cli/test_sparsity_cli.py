@@ -107,6 +107,8 @@ def _assert_clean_failure(res, pattern, out=None):
         (["--method", "teal", "--sparsity", "1.5"], "sparsity must be in"),
         (["--method", "cats", "--sparsity", "0.6"], "cannot reach"),
         (["--method", "cett", "--sparsity", "0.5"], "knob is the CETT target"),
+        (["--method", "chess", "--sparsity", "0.4", "--rotate", "attn.o_in"], "teal and wina, not chess"),
+        (["--method", "teal", "--sparsity", "0.5", "--rotate", "mlp.down_in"], "cannot rotate"),
     ],
 )
 def test_calibrate_bad_input(tmp_path, corpus, args, pattern):
@@ -114,6 +116,23 @@ def test_calibrate_bad_input(tmp_path, corpus, args, pattern):
     res = _run("calibrate", *COMMON, *args, "--data", corpus, "--tokens", 512, "--out", out)
     _assert_clean_failure(res, pattern, out)
     assert not list(tmp_path.glob(".plan.tmp-*"))
+
+
+def test_rotated_plan_calibrates_evaluates_and_is_refused_by_bench(tmp_path, corpus):
+    out = tmp_path / "rot"
+    res = _run("calibrate", *COMMON, "--method", "teal", "--sparsity", "0.5", "--rotate", "mlp.gate_up_in",
+               "--rotate", "attn.o_in", "--data", corpus, "--tokens", 1024, "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    summary = _json(res)
+    assert summary["rotate"] == ["mlp.gate_up_in", "attn.o_in"]
+    assert summary["sparsity_model_wide_net"] < summary["sparsity_model_wide"]
+    assert "net of rotations" in res.output
+    res = _run("eval", *COMMON, "--plan", out, "--data", corpus, "--tokens", 256, "--json")
+    assert res.exit_code == 0, res.output
+    d = _json(res)
+    assert d["sparsity_model_wide_net"] < d["sparsity_model_wide"] and d["ppl_increase_pct"] != 0
+    res = _run("bench", "--model", "random:tiny-llama", "--plan", out, "--new-tokens", 4)
+    _assert_clean_failure(res, "masking path")
 
 
 def test_eval_refuses_a_plan_for_another_model(plan_dir, corpus):

@@ -55,7 +55,12 @@ def bench(
         if method is not None:
             extra = {"allocation": allocation} if method in ("teal", "wina") else {}
             config = config_from_dict({"method": method, "sparsity": sparsity, **extra})
+        if the_plan is not None and any(e.rotation is not None for e in the_plan.entries):
+            fail(f"{plan} is a rotated plan (--rotate): it runs on the masking path only, which bench does not "
+                 "time; calibrate without --rotate to benchmark the kernels")
         net, tok = actlab.load_model(model)
+        if the_plan is not None:
+            actlab.check_plan(net, the_plan, kernels=True)
         corpus = actlab.load_corpus(data)
         if the_plan is None:
             console.print(f"calibrating {method} at {sparsity:.0%} on {calib_tokens} tokens", highlight=False)

@@ -24,6 +24,7 @@ def calibrate(
     cett: float = typer.Option(None, "--cett", help="For --method cett: the CETT target per layer (e.g. 0.2)."),
     allocation: str = typer.Option("uniform", "--allocation", "-a", help="uniform (same sparsity everywhere), greedy (TEAL's block-wise greedy) or global (across layers and projections by estimated output damage; the best quality). teal and wina only."),
     sites: list[str] = typer.Option(None, "--sites", help="teal/wina: only these input kinds (repeatable): attn.qkv_in, attn.o_in, mlp.gate_up_in, mlp.down_in. The sparsity stays model-wide."),
+    rotate: list[str] = typer.Option(None, "--rotate", help="teal/wina: mask these input kinds in their principal-component basis (repeatable): attn.qkv_in, attn.o_in, mlp.gate_up_in. Much less error per masked input; costs a dense d x d product per rotated input (o_in's is nearly free), counted in bytes_skipped_frac. Masking path only."),
     data: str = typer.Option("default", "--data", "-d", help="Calibration corpus: 'default' (built-in, offline), a text file, a directory, a .jsonl[:field] or hf:<name>."),
     tokens: int = typer.Option(16384, "--tokens", "-n", help="Calibration tokens (from the corpus's calib split; never the eval split)."),
     search_tokens: int = typer.Option(4096, "--search-tokens", help="Held-out calibration tokens the quality search measures perplexity on."),
@@ -56,7 +57,7 @@ def calibrate(
         from actlab.outputs import check_writable
 
         check_writable(out)
-        config = _config(method, sparsity, cett, allocation, sites or [])
+        config = _config(method, sparsity, cett, allocation, sites or [], rotate or [])
         if threads > 0:
             torch.set_num_threads(threads)
         quiet_libraries()
@@ -88,12 +89,16 @@ def calibrate(
         "bytes_skipped_frac": plan.metrics["bytes_skipped_frac"],
         "calibration_tokens": int(calib.numel()),
     }
+    if "sparsity_model_wide_net" in plan.metrics:
+        summary.update({"rotate": list(plan.config.rotate),
+                        "sparsity_model_wide_net": plan.metrics["sparsity_model_wide_net"]})
     if result is not None:
         summary.update({"max_ppl_increase": max_ppl_increase, "ppl_increase_pct": result.increase_pct,
                         "ppl_dense_heldout": result.ppl_dense, "ppl_heldout": result.ppl, "knob": result.knob})
     console.print(
         f"plan [bold]{out}[/]: {plan.method} ({summary['allocation']}), model-wide sparsity "
         f"{summary['sparsity_model_wide']:.1%}"
+        + (f" ({summary['sparsity_model_wide_net']:.1%} net of rotations)" if "rotate" in summary else "")
         + (f", held-out PPL +{result.increase_pct:.2f}%" if result is not None else ""),
         highlight=False,
     )
@@ -101,7 +106,8 @@ def calibrate(
         print_json(summary)
 
 
-def _config(method: str, sparsity: float | None, cett: float | None, allocation: str, sites: list[str]) -> Any:
+def _config(method: str, sparsity: float | None, cett: float | None, allocation: str, sites: list[str],
+            rotate: list[str] = ()) -> Any:
     """The method's config from the options (through the registry, so new methods need no change here)."""
     from actlab.sparsity.config import CONFIGS, config_from_dict
     from actlab.sparsity.errors import PlanError
@@ -119,6 +125,10 @@ def _config(method: str, sparsity: float | None, cett: float | None, allocation:
         if "sites" not in fields:
             raise PlanError(f"--sites applies to teal and wina, not {method}")
         d["sites"] = list(sites)
+    if rotate:
+        if "rotate" not in fields:
+            raise PlanError(f"--rotate applies to teal and wina, not {method}")
+        d["rotate"] = list(rotate)
     if method == "cett":
         if sparsity is not None:
             raise PlanError("cett's knob is the CETT target: give --cett C (or --max-ppl-increase), not --sparsity")

@@ -57,7 +57,10 @@ def eval(  # noqa: A001  (the command is called eval)
     label = f"{protocol} protocol" + (" (first half of each window dense)" if protocol == "teal" else "")
     console.print(
         f"{result.method}: PPL {result.ppl_dense:.3f} -> {result.ppl:.3f} ({result.ppl_increase_pct:+.2f}%), "
-        f"model-wide sparsity {result.sparsity_model_wide:.1%}, weight bytes skipped "
+        f"model-wide sparsity {result.sparsity_model_wide:.1%}"
+        + (f" ({result.sparsity_model_wide_net:.1%} net of rotations)"
+           if result.sparsity_model_wide_net != result.sparsity_model_wide else "")
+        + f", weight bytes skipped "
         f"{result.bytes_skipped_frac:.1%}; {result.tokens} tokens, {label}",
         highlight=False,
     )

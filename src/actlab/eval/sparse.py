@@ -51,6 +51,8 @@ class SparseEvalResult:
     windows: int
     seq_len: int
     method: str
+    #: mask sparsity less the weights a rotated plan's ``x Q`` products read (== sparsity_model_wide unrotated)
+    sparsity_model_wide_net: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +65,7 @@ def measured_metrics(model: nn.Module, plan: SparsityPlan, dropped: dict[str, fl
         vals = [dropped[m] for m in e.modules if m in dropped]
         s = sum(vals) / len(vals) if vals else 0.0
         items.append((e.consumers, s, e.site))
-    return plan_metrics(model, items)
+    return plan_metrics(model, items, rotations={e.site: e.rotation for e in plan.entries if e.rotation is not None})
 
 
 def evaluate_plan(
@@ -118,4 +120,5 @@ def evaluate_plan(
         windows=sparse.windows,
         seq_len=seq_len,
         method=plan.method,
+        sparsity_model_wide_net=m.get("sparsity_model_wide_net", m["sparsity_model_wide"]),
     )

@@ -53,15 +53,25 @@ class _Masked(nn.Module):
 
 
 class MaskedLinear(_Masked):
-    """``inner(x)`` with ``x_i`` zeroed where ``|x_i| <= threshold_i`` (threshold shape [] or [in])."""
+    """``inner(x)`` with ``x_i`` zeroed where ``|x_i| <= threshold_i`` (threshold shape [] or [in]).
 
-    def __init__(self, inner: nn.Module, threshold: torch.Tensor, entry_key: str = "") -> None:
+    With a ``rotation`` ``Q`` the mask acts on ``z = x Q`` and ``inner`` reads ``mask(z) Q^T``.
+    """
+
+    def __init__(self, inner: nn.Module, threshold: torch.Tensor, entry_key: str = "",
+                 rotation: torch.Tensor | None = None) -> None:
         super().__init__(inner, entry_key)
-        device = linear_weight(inner).device
-        self.register_buffer("threshold", threshold.detach().float().to(device), persistent=False)
+        w = linear_weight(inner)
+        self.register_buffer("threshold", threshold.detach().float().to(w.device), persistent=False)
+        self.rotation: torch.Tensor | None
+        self.register_buffer("rotation", None if rotation is None else rotation.detach().to(w.device, w.dtype),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return self.inner(self._keep(x, x.abs() > self.threshold), *args, **kwargs)
+        if self.rotation is None:
+            return self.inner(self._keep(x, x.abs() > self.threshold), *args, **kwargs)
+        z = x @ self.rotation
+        return self.inner(self._keep(z, z.abs() > self.threshold) @ self.rotation.T, *args, **kwargs)
 
 
 class TopKLinear(_Masked):
@@ -109,7 +119,7 @@ def _has_kernels(model: nn.Module) -> bool:
     return swap is not None and bool(swap.kernel_modules(model))
 
 
-def check_plan(model: nn.Module, plan: SparsityPlan) -> None:
+def check_plan(model: nn.Module, plan: SparsityPlan, kernels: bool = False) -> None:
     """Everything ``apply_`` needs, checked before touching the model.
 
     Raises:
@@ -130,6 +140,11 @@ def check_plan(model: nn.Module, plan: SparsityPlan) -> None:
             if path in e.consumers and not hasattr(module, "weight"):
                 raise PlanError(f"plan entry {e.key}: {path} is not a linear layer")
         width = _width(model, e)
+        if e.rotation is not None and kernels:
+            raise PlanError(f"plan entry {e.key} is rotated: rotated plans run on the masking path; apply it "
+                            "with kernels=False (actlab bench/optimize need an unrotated plan)")
+        if e.rotation is not None and e.rotation.shape[0] != width:
+            raise PlanError(f"plan entry {e.key}: rotation is {e.rotation.shape[0]} wide, the layer {width}")
         if e.kind != "topk" and e.threshold.dim() == 1 and e.threshold.numel() != width:
             raise PlanError(f"plan entry {e.key}: threshold has {e.threshold.numel()} channels, the layer {width}")
 
@@ -149,7 +164,7 @@ def apply_(model: nn.Module, plan: SparsityPlan, kernels: bool = False) -> nn.Mo
         >>> actlab.apply_(model, actlab.SparsityPlan.load("plans/teal50"))   # doctest: +SKIP
         >>> model.generate(ids, max_new_tokens=20)                           # doctest: +SKIP
     """
-    check_plan(model, plan)
+    check_plan(model, plan, kernels)
     entries = plan.entries
     if kernels:
         from actlab.kernels.swap import install_kernels
@@ -159,7 +174,7 @@ def apply_(model: nn.Module, plan: SparsityPlan, kernels: bool = False) -> nn.Mo
         for path in e.modules:
             inner = model.get_submodule(path)
             if e.kind == "input":
-                wrapper: nn.Module = MaskedLinear(inner, e.threshold, e.key)
+                wrapper: nn.Module = MaskedLinear(inner, e.threshold, e.key, e.rotation)
             elif e.kind == "topk":
                 wrapper = TopKLinear(inner, int(e.threshold.item()), e.key)
             else:

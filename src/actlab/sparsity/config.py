@@ -126,6 +126,12 @@ class _ThresholdConfig(SparsityConfig):
         sites: restrict to these input site kinds (``attn.qkv_in``, ``attn.o_in``, ``mlp.gate_up_in``,
             ``mlp.in``, ``mlp.down_in``); empty = all. ``sparsity`` stays model-wide, so the covered inputs
             are sparsified harder.
+        rotate: input site kinds to mask in their own principal-component basis (LaRoSA-style): calibration
+            finds an orthogonal ``Q`` per input (one per kv group for ``attn.o_in``), the mask keeps
+            ``(x Q)_i`` by magnitude and the consumers see ``mask(x Q) Q^T``. Far less output error at the
+            same sparsity; the dense ``x Q`` product costs ``d^2`` weights per rotated input (``o_in``'s
+            block-diagonal one far less), which ``bytes_skipped_frac`` counts against the savings.
+            Masking path only for now (``kernels=True`` refuses a rotated plan).
     """
 
     allocation: str = "uniform"
@@ -133,6 +139,7 @@ class _ThresholdConfig(SparsityConfig):
     greedy_tokens: int = 256
     fisher_tokens: int = 1024
     sites: tuple[str, ...] = ()
+    rotate: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -141,6 +148,13 @@ class _ThresholdConfig(SparsityConfig):
         unknown = [k for k in self.sites if k not in INPUT_KINDS]
         if unknown:
             raise PlanError(f"{self.method}: unknown site kind(s) {unknown}; choose from {', '.join(INPUT_KINDS)}")
+        rotatable = tuple(k for k in INPUT_KINDS if k != "mlp.down_in")
+        bad = [k for k in self.rotate if k not in rotatable]
+        if bad:
+            raise PlanError(f"{self.method}: cannot rotate {bad}; rotatable inputs: {', '.join(rotatable)} "
+                            "(down_in follows a nonlinearity with no basis to rotate in)")
+        if self.rotate and self.allocation == "greedy":
+            raise PlanError(f"{self.method}: rotate works with the uniform and global allocations, not greedy")
 
     @classmethod
     def allocations(cls) -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from actlab.models.adapters import linear_weight
@@ -68,19 +69,29 @@ def model_wide(items: Iterable[tuple[tuple[str, ...], float]], sizes: dict[str, 
     return sum(sizes[p] * f for p, f in skipped.items() if p in sizes) / total if total else 0.0
 
 
-def plan_metrics(model: nn.Module, items: list[tuple[tuple[str, ...], float, str]]) -> dict[str, float]:
+def plan_metrics(model: nn.Module, items: list[tuple[tuple[str, ...], float, str]],
+                 rotations: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """``sparsity_model_wide``, ``bytes_skipped_frac`` and per-site-kind sparsity from ``(consumers, s, site)``.
 
-    Per-site-kind values are the parameter-weighted sparsity over the linears of that kind only.
+    Per-site-kind values are the parameter-weighted sparsity over the linears of that kind only. A rotated
+    input (``rotations``: site -> ``Q``) makes a token read ``Q`` too: its weights are subtracted from the
+    skipped ones in ``bytes_skipped_frac`` and in ``sparsity_model_wide_net`` (the mask sparsity,
+    ``sparsity_model_wide``, keeps TEAL's definition).
     """
     sizes = linear_sizes(model)
     pairs = [(c, s) for c, s, _ in items]
     skipped = skipped_fractions(pairs)
     skipped_params = sum(sizes[p] * f for p, f in skipped.items() if p in sizes)
+    from actlab.sparsity.rotation import rotation_params
+
+    extra = sum(rotation_params(q) for q in (rotations or {}).values())
     out = {
         "sparsity_model_wide": skipped_params / sum(sizes.values()),
-        "bytes_skipped_frac": skipped_params / all_linear_params(model),
+        "bytes_skipped_frac": (skipped_params - extra) / all_linear_params(model),
     }
+    if rotations:
+        out["sparsity_model_wide_net"] = (skipped_params - extra) / sum(sizes.values())
+        out["rotation_params"] = extra
     by_kind: dict[str, list[tuple[float, int]]] = {}
     for consumers, s, site in items:
         kind = site.split(".", 2)[2]

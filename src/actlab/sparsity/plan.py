@@ -5,15 +5,16 @@ and config that made it, the fingerprint of the model it was made for and its me
 are written atomically into a directory (a temp directory renamed into place); ``plan.json`` records the
 sha256 of the thresholds file, so a truncated, swapped or hand-edited pair is refused on load.
 
-Format (``format = "actlab.sparsity-plan"``, ``version = 1``)::
+Format (``format = "actlab.sparsity-plan"``, ``version`` 1, or 2 when an entry is rotated)::
 
     plan.json
       format, version, actlab_version, method, config{method, ...}, model{fingerprint},
-      entries[{key, site, layer, kind, consumers[], modules[], threshold_shape[], sparsity}],
+      entries[{key, site, layer, kind, consumers[], modules[], threshold_shape[], sparsity, rotated}],
       metrics{sparsity_model_wide, bytes_skipped_frac, ...}, calibration{...}, extra{...},
       thresholds_sha256
     thresholds.safetensors
-      one float32 tensor per entry, named by its key: shape [] (one threshold) or [width] (per channel)
+      one float32 tensor per entry, named by its key: shape [] (one threshold) or [width] (per channel);
+      ``<key>@rotation`` [width, width] for a rotated entry (see ``rotation.py``)
 
 Example:
     >>> plan = actlab.sparsify_(model, actlab.TealConfig(0.5), calib_windows)   # doctest: +SKIP
@@ -38,6 +39,9 @@ from actlab.sparsity.errors import PlanError
 
 FORMAT = "actlab.sparsity-plan"
 VERSION = 1
+#: version 2 adds rotated entries; a plan without them is still written as version 1 for older readers
+VERSION_ROTATED = 2
+ROTATION_SUFFIX = "@rotation"
 PLAN_JSON = "plan.json"
 THRESHOLDS = "thresholds.safetensors"
 KINDS = ("input", "act", "topk")
@@ -57,6 +61,8 @@ class PlanEntry:
         modules: module paths the masking path wraps (the consumers, or the act module).
         threshold: float32, shape ``[]`` or ``[width]``.
         sparsity: fraction of the channels masked on the calibration sample.
+        rotation: ``[width, width]`` orthogonal ``Q`` or ``None``: when set, the mask keeps ``(x Q)_i`` with
+            ``|(x Q)_i| > threshold_i`` and the consumers read ``mask(x Q) Q^T`` (``input`` entries only).
     """
 
     site: str
@@ -66,6 +72,7 @@ class PlanEntry:
     modules: tuple[str, ...]
     threshold: torch.Tensor
     sparsity: float
+    rotation: torch.Tensor | None = None
 
     @property
     def key(self) -> str:
@@ -84,6 +91,7 @@ class PlanEntry:
             "modules": list(self.modules),
             "threshold_shape": list(self.threshold.shape),
             "sparsity": self.sparsity,
+            "rotated": self.rotation is not None,
         }
 
 
@@ -129,7 +137,7 @@ class SparsityPlan:
 
         return {
             "format": FORMAT,
-            "version": VERSION,
+            "version": VERSION_ROTATED if any(e.rotation is not None for e in self.entries) else VERSION,
             "actlab_version": __version__,
             "method": self.method,
             "config": self.config.to_dict(),
@@ -148,6 +156,8 @@ class SparsityPlan:
 
         _check_entries(self.entries)
         tensors = {e.key: e.threshold.detach().float().cpu().contiguous() for e in self.entries}
+        tensors.update({e.key + ROTATION_SUFFIX: e.rotation.detach().float().cpu().contiguous()
+                        for e in self.entries if e.rotation is not None})
         with staged_output(out) as tmp:
             save_file(tensors, str(tmp / THRESHOLDS), metadata={"format": FORMAT, "version": str(VERSION)})
             doc = self.to_json()
@@ -170,10 +180,10 @@ class SparsityPlan:
         version = doc.get("version")
         if doc.get("format") != FORMAT:
             raise PlanError(f"{root}: not an actlab sparsity plan (format {doc.get('format')!r})")
-        if version != VERSION:
+        if version not in (VERSION, VERSION_ROTATED):
             raise PlanError(
-                f"{root}: plan format version {version!r} is not supported by this actlab (reads version "
-                f"{VERSION}); recalibrate with `actlab calibrate` or upgrade actlab"
+                f"{root}: plan format version {version!r} is not supported by this actlab (reads versions "
+                f"{VERSION} and {VERSION_ROTATED}); recalibrate with `actlab calibrate` or upgrade actlab"
             )
         config = config_from_dict(doc.get("config"))
         if doc.get("method") != config.method:
@@ -182,7 +192,8 @@ class SparsityPlan:
             raise PlanError(f"{root}: plan.json lacks its 'model' fingerprint or 'entries' list")
         tensors = _read_thresholds(root, doc.get("thresholds_sha256"))
         entries = [_entry_from_json(root, e, tensors) for e in doc["entries"]]
-        extra_keys = sorted(set(tensors) - {e.key for e in entries})
+        named = {e.key for e in entries} | {e.key + ROTATION_SUFFIX for e in entries if e.rotation is not None}
+        extra_keys = sorted(set(tensors) - named)
         if extra_keys:
             raise PlanError(f"{root}: {THRESHOLDS} holds tensors no entry names: {extra_keys[:3]}")
         _check_entries(entries, where=str(root))
@@ -252,6 +263,12 @@ def _entry_from_json(root: Path, e: Any, tensors: dict[str, torch.Tensor]) -> Pl
     if list(t.shape) != shape:
         raise PlanError(f"{root}: threshold {key} has shape {list(t.shape)}, plan.json says {shape}")
     entry.threshold = t
+    if e.get("rotated", False):
+        q = tensors.get(key + ROTATION_SUFFIX)
+        width = q.shape[0] if q is not None else 0
+        if q is None or list(q.shape) != [width, width] or (t.dim() == 1 and t.numel() != width):
+            raise PlanError(f"{root}: rotated entry {key} has no [width, width] rotation in {THRESHOLDS}")
+        entry.rotation = q
     return entry
 
 
@@ -278,5 +295,12 @@ def _check_entries(entries: list[PlanEntry], where: str = "plan") -> None:
             raise PlanError(f"{where}: threshold {e.key} has NaN or negative values")
         if e.kind == "topk" and (t.dim() != 0 or t.item() < 1 or not math.isfinite(t.item())):
             raise PlanError(f"{where}: top-k entry {e.key} needs a scalar k >= 1")
+        if e.rotation is not None:
+            q = e.rotation
+            if e.kind != "input" or q.dim() != 2 or q.shape[0] != q.shape[1]:
+                raise PlanError(f"{where}: rotation of {e.key} must be a square matrix on an input entry")
+            eye = torch.eye(q.shape[0], dtype=torch.float64)
+            if not torch.allclose(q.double() @ q.double().T, eye, atol=1e-3):
+                raise PlanError(f"{where}: rotation of {e.key} is not orthogonal (edited or corrupted)")
         if not 0.0 <= e.sparsity <= 1.0:
             raise PlanError(f"{where}: entry {e.key} has sparsity {e.sparsity} outside [0, 1]")

@@ -27,6 +27,7 @@ from actlab.sparsity.fisher import output_fisher
 from actlab.sparsity.groups import Group, group_params, layer_groups
 from actlab.sparsity.metrics import linear_sizes, plan_metrics
 from actlab.sparsity.plan import PlanEntry, SparsityPlan
+from actlab.sparsity.rotation import site_rotation
 from actlab.sparsity.scores import QuantileTable, channel_thresholds, sparsity_of
 
 #: method name -> handler class
@@ -87,7 +88,8 @@ class Method:
         """The plan at ``knob`` (default: the config's own value)."""
         config = self.config if knob is None else self.config.with_knob(knob)
         entries = self.entries(config.knob_value())
-        metrics = plan_metrics(self.model, [(e.consumers, e.sparsity, e.site) for e in entries])
+        metrics = plan_metrics(self.model, [(e.consumers, e.sparsity, e.site) for e in entries],
+                               rotations={e.site: e.rotation for e in entries if e.rotation is not None})
         return SparsityPlan(config, self.fingerprint, entries, metrics, dict(self.calibration), self.extra())
 
     def _report(self, stage: str, done: int, total: int) -> None:
@@ -110,6 +112,11 @@ class ThresholdMethod(Method):
         self.params = {g.name: group_params(model, g) for g in self.groups}
         self.own_sample = sample is None
         self.sample = self.collect(windows) if sample is None else self._check_sample(sample)
+        rotate = set(getattr(config, "rotate", ()))
+        self.rotations: dict[str, torch.Tensor] = {
+            g.site: site_rotation(model, g.site.split(".", 2)[2], self.sample.rows[g.site])
+            for g in self.groups if g.kind == "input" and g.site.split(".", 2)[2] in rotate
+        }
         self.weights = {g.name: self.channel_weights(g) for g in self.groups}
         self.tables = {g.name: QuantileTable.from_scores(self._scores(g)) for g in self.groups}
         self.path: GreedyPath | None = self._greedy() if self.allocation == "greedy" else None
@@ -175,8 +182,14 @@ class ThresholdMethod(Method):
         return 0.99 * sum(self.params.values()) / sum(self.sizes.values())
 
     # -- shared ----------------------------------------------------------------------------------------
+    def _signed_rows(self, site: str) -> torch.Tensor:
+        """The calibration rows of ``site`` in the basis its mask acts in."""
+        rows = self.sample.rows[site]
+        q = self.rotations.get(site)
+        return rows if q is None else rows @ q
+
     def _rows(self, g: Group) -> torch.Tensor:
-        return self.sample.rows[g.site].abs()
+        return self._signed_rows(g.site).abs()
 
     def _scores(self, g: Group) -> torch.Tensor:
         w = self.weights[g.name]
@@ -191,7 +204,8 @@ class ThresholdMethod(Method):
         out = []
         for g in self.groups:
             t = self.threshold_at(g, levels[g.name])
-            out.append(PlanEntry(g.site, g.layer, g.kind, g.consumers, g.modules, t, sparsity_of(self._rows(g), t)))
+            out.append(PlanEntry(g.site, g.layer, g.kind, g.consumers, g.modules, t, sparsity_of(self._rows(g), t),
+                                 self.rotations.get(g.site)))
         return out
 
     def extra(self) -> dict[str, Any]:
@@ -211,10 +225,11 @@ class ThresholdMethod(Method):
                                         progress=lambda d, t: self._report("output sensitivity (Fisher)", d, t)))
         curves = {}
         for g in self.groups:
-            cost = sum(_cost_weights(self.model, p, fisher[p]) for p in _damaged_linears(g))  # [2, width]
+            q = self.rotations.get(g.site)
+            cost = sum(_cost_weights(self.model, p, fisher[p], q) for p in _damaged_linears(g))  # [2, width]
             site = f"layers.{g.layer}.mlp.down_in" if g.kind == "act" else g.site
             first = (self.sample.positions[site] == 0)[:, None]  # [rows, 1]: rows at a window's position 0
-            curves[g.name] = damage_curve(self.sample.rows[site], self._scores(g), torch.where(first, cost[0], cost[1]))
+            curves[g.name] = damage_curve(self._signed_rows(site), self._scores(g), torch.where(first, cost[0], cost[1]))
         return curves
 
     def _greedy(self) -> GreedyPath:
@@ -241,16 +256,26 @@ def _damaged_linears(g: Group) -> tuple[str, ...]:
     return (g.consumers[-1],) if g.kind == "act" else g.consumers
 
 
-def _cost_weights(model: nn.Module, path: str, fisher: torch.Tensor) -> torch.Tensor:
+def _cost_weights(model: nn.Module, path: str, fisher: torch.Tensor, rotation: torch.Tensor | None = None) -> torch.Tensor:
     """``c_i = sum_j F_j W[j, i]**2``: the damage per unit ``x_i**2`` of zeroing input ``i`` of ``path``.
 
-    ``fisher`` [classes, out] -> ``[classes, in]`` (one row per position class, see ``fisher.py``).
+    ``fisher`` [classes, out] -> ``[classes, in]`` (one row per position class, see ``fisher.py``); with a
+    rotation the inputs are ``x Q`` and the weights ``W Q``.
     """
     w = linear_weight(model.get_submodule(path)).detach().float().cpu()  # [out, in]
+    if rotation is not None:
+        w = w @ rotation
     return fisher.float() @ w.pow(2)
 
 
-def column_norms(model: nn.Module, consumers: tuple[str, ...]) -> torch.Tensor:
-    """``||W[:, i]||_2`` over the concatenated consumers (rows of all of them), ``[in]`` float32."""
-    sq = sum(linear_weight(model.get_submodule(p)).detach().float().pow(2).sum(0) for p in consumers)
-    return sq.sqrt().cpu()
+def column_norms(model: nn.Module, consumers: tuple[str, ...], rotation: torch.Tensor | None = None) -> torch.Tensor:
+    """``||W[:, i]||_2`` over the concatenated consumers (rows of all of them), ``[in]`` float32.
+
+    With a ``rotation`` ``Q``: the column norms of ``W Q``, the weights the rotated input meets.
+    """
+    def cols(p: str) -> torch.Tensor:
+        w = linear_weight(model.get_submodule(p)).detach().float().cpu()
+        return w if rotation is None else w @ rotation
+
+    sq = sum(cols(p).pow(2).sum(0) for p in consumers)
+    return sq.sqrt()

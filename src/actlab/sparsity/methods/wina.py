@@ -24,4 +24,4 @@ class Wina(ThresholdMethod):
     config_cls = WinaConfig
 
     def channel_weights(self, group: Group) -> torch.Tensor | None:
-        return column_norms(self.model, group.consumers)
+        return column_norms(self.model, group.consumers, self.rotations.get(group.site))
