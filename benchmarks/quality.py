@@ -141,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _log("calibration pass (shared by every method)")
     sites = sorted({s for s in actlab.resolve_sites(model) if not s.endswith("resid_out")})
     greedy_tokens = Row("", "teal", "greedy").config().greedy_tokens
-    sample = collect(model, calib, sites, up_moments=True, block_tokens=greedy_tokens)
+    rotated = {k for r in rows for k in r.rotate}
+    sample = collect(model, calib, sites, up_moments=True, block_tokens=greedy_tokens,
+                     moment_sites=[s for s in sites if s.split(".", 2)[2] in rotated])
     ppl_dense = perplexity(model, evals).ppl
     heldout_dense = perplexity(model, heldout).ppl
     _log(f"dense PPL eval {ppl_dense:.3f}, held-out {heldout_dense:.3f}")

@@ -10,11 +10,12 @@ import torch
 import actlab
 from actlab.sparsity.apply import masked_modules
 from actlab.sparsity.calibrate import prepare
+from actlab.sparsity.collect import collect
 from actlab.sparsity.config import TealConfig, WinaConfig, config_from_dict
 from actlab.sparsity.errors import PlanError
 from actlab.sparsity.metrics import linear_sizes
 from actlab.sparsity.plan import PLAN_JSON, THRESHOLDS, SparsityPlan
-from actlab.sparsity.rotation import grouped_rotation, pca_rotation, rotation_params
+from actlab.sparsity.rotation import grouped_rotation, pca_rotation, rotation_params, second_moment
 
 ROTATE = ("mlp.gate_up_in", "attn.o_in")
 
@@ -37,7 +38,7 @@ def test_pca_basis_concentrates_energy_so_masking_loses_less():
     g = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(32, 32, generator=g))[0]
     x = (torch.randn(4096, 32, generator=g) * torch.logspace(0, -2, 32)) @ basis.T  # anisotropic, mixed basis
-    q = pca_rotation(x)
+    q = pca_rotation(second_moment(x))
     assert _orthogonal(q)
 
     def lost(v: torch.Tensor) -> float:  # energy dropped by keeping each row's 16 largest |v_i|
@@ -49,7 +50,7 @@ def test_pca_basis_concentrates_energy_so_masking_loses_less():
 
 def test_grouped_rotation_is_block_diagonal_per_kv_group():
     rows = torch.randn(512, 4 * 8)
-    q = grouped_rotation(rows, head_dim=8, heads_per_group=2)
+    q = grouped_rotation(second_moment(rows), head_dim=8, heads_per_group=2)
     assert _orthogonal(q)
     assert torch.equal(q[:8, :8], q[8:16, 8:16])  # heads of one group share their basis
     assert not torch.equal(q[:8, :8], q[16:24, 16:24])
@@ -154,3 +155,38 @@ def test_rotated_masks_hit_their_sparsity_on_calibration_data(llama, calib, rota
     for e in plan.entries:
         if e.rotation is not None:
             assert abs(dropped[e.modules[0]] - e.sparsity) < 0.05, e.key
+
+
+def test_rotation_basis_uses_every_token_not_the_row_sample(llama, calib):
+    """A row sample narrower than the site (here 64 rows of 64 channels, rank < 64 after centring effects)
+    would give a basis with zero-variance directions and thresholds near 0: masks that drop almost nothing."""
+    from actlab.sparsity.apply import track_sparsity
+
+    config = TealConfig(0.5, rotate=ROTATE)
+    sites = prepare(llama, config, calib).sample_sites()
+    moment_sites = [s for s in sites if s.split(".", 2)[2] in ROTATE]
+    sample = collect(llama, calib, sites, max_values=16 * 64, moment_sites=moment_sites)
+    site = moment_sites[0]
+    assert sample.rows[site].shape[0] < sample.rows[site].shape[1] * 2
+    with actlab.capture(llama, sites=site) as cap, torch.no_grad():
+        llama(calib, use_cache=False)
+    torch.testing.assert_close(sample.second_moments[site], second_moment(cap.tensors[site].reshape(-1, 64)),
+                               rtol=1e-4, atol=1e-3)
+
+    plan = prepare(llama, config, calib, sample=sample).plan()
+    actlab.apply_(llama, plan)
+    try:
+        with track_sparsity(llama) as dropped, torch.no_grad():
+            llama(calib)
+    finally:
+        actlab.remove_(llama)
+    for e in plan.entries:
+        if e.rotation is not None:
+            assert abs(dropped[e.modules[0]] - 0.5) < 0.05, e.key
+
+
+def test_shared_sample_without_moments_is_refused(llama, calib):
+    config = TealConfig(0.5, rotate=ROTATE)
+    sites = prepare(llama, TealConfig(0.5), calib).sample_sites()
+    with pytest.raises(PlanError, match="second moments"):
+        prepare(llama, config, calib, sample=collect(llama, calib, sites))

@@ -4,6 +4,9 @@
   ``|x_i| * w_i`` and for the output error a mask causes (at most ``max_values`` numbers per site,
   whatever the corpus size);
 * per layer (optional): the sum of ``up_i**2`` over *every* token (CHESS's ``RMS(up_i)``);
+* per site (optional): the second moment ``sum x^T x`` over *every* token, in float64 (the principal
+  components of a rotated mask: the row sample has fewer rows than a wide site has channels, so a basis
+  fitted on it would put zero variance in the directions it missed);
 * per layer (optional): the decoder layer's own inputs on the first ``block_tokens`` tokens, so the greedy
   allocation can rerun one block at a time without running the model again.
 
@@ -45,6 +48,7 @@ class CalibrationSample:
         positions: site name -> position in its window of each row ``[rows]``.
         fisher: linear path -> diagonal output Fisher ``[2, out]`` (position 0, later positions), filled by
             the global allocation on first use so that methods sharing one sample share it too.
+        second_moments: site name -> ``sum over tokens of x^T x`` ``[width, width]`` float64, when asked for.
     """
 
     rows: dict[str, torch.Tensor]
@@ -53,6 +57,7 @@ class CalibrationSample:
     blocks: dict[int, BlockInputs]
     positions: dict[str, torch.Tensor] = field(default_factory=dict)
     fisher: dict[str, torch.Tensor] = field(default_factory=dict)
+    second_moments: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _row_choice(n_tokens: int, n_rows: int, seed: int) -> torch.Tensor:
@@ -122,6 +127,7 @@ def collect(
     *,
     max_values: int = 1 << 18,
     up_moments: bool = False,
+    moment_sites: tuple[str, ...] | list[str] = (),
     block_tokens: int = 0,
     batch_size: int = 4,
     seed: int = 0,
@@ -133,6 +139,7 @@ def collect(
         sites: canonical site names to sample ``x`` at.
         max_values: per-site sample size bound (rows = ``max_values // width``, at least 64).
         up_moments: also accumulate ``sum(up**2)`` per layer (CHESS).
+        moment_sites: canonical site names (also in ``sites``) whose ``sum x^T x`` to accumulate.
         block_tokens: also record every decoder layer's inputs on the first ``ceil(block_tokens / seq_len)``
             windows (the greedy allocation replays blocks on them).
         progress: optional callable ``progress(done_windows, total_windows)``.
@@ -142,6 +149,10 @@ def collect(
     resolved = select_sites(resolve_sites(model), sites) if sites else {}
     choice: dict[int, torch.Tensor] = {}
     rows: dict[str, list[torch.Tensor]] = {s: [] for s in resolved}
+    missing = sorted(set(moment_sites) - set(resolved))
+    if missing:
+        raise ValueError(f"moment_sites {missing[:3]} are not among the sampled sites")
+    moments: dict[str, torch.Tensor] = {}
     offset = 0
 
     def grab(site: Any, x: torch.Tensor) -> None:
@@ -152,6 +163,9 @@ def collect(
         idx = choice[width]
         local = idx[(idx >= offset) & (idx < offset + flat.shape[0])] - offset
         rows[site.name].append(flat[local.to(flat.device)].float().cpu())
+        if site.name in moment_sites:
+            f = flat.float()
+            moments[site.name] = moments.get(site.name, 0) + (f.T @ f).double().cpu()
 
     up_sums: dict[int, torch.Tensor] = {}
     blocks: dict[int, BlockInputs] = {}
@@ -175,6 +189,7 @@ def collect(
         tokens=n * seq_len,
         blocks=blocks,
         positions={name: choice[w] % seq_len for name, w in widths.items()},
+        second_moments=moments,
     )
 
 

@@ -11,9 +11,13 @@ in V, so that rotation could be folded into ``v_proj`` and ``o_proj`` for free; 
 (``width x head_dim`` weights, a ninth of ``o_proj`` on SmolLM2) and, until it is folded, counted like
 every other input's dense ``x Q`` product by :func:`rotation_params`.
 
+The basis comes from the second moment ``sum x^T x`` over every calibration token (accumulated by
+``collect(..., moment_sites=...)``), not from the bounded row sample: that has fewer rows than a wide
+site has channels, and a basis fitted on it has exact-zero directions the real inputs do not.
+
 Example:
     >>> x = torch.randn(256, 8) * torch.tensor([8., 4, 2, 1, .5, .25, .1, .05])
-    >>> q = pca_rotation(x)
+    >>> q = pca_rotation(second_moment(x))
     >>> torch.allclose(q @ q.T, torch.eye(8), atol=1e-5)
     True
 """
@@ -24,19 +28,26 @@ import torch
 from torch import nn
 
 
-def pca_rotation(rows: torch.Tensor) -> torch.Tensor:
-    """Orthogonal ``[d, d]`` float32 whose columns are the eigenvectors of ``rows^T rows`` (``rows`` [n, d])."""
+def second_moment(rows: torch.Tensor) -> torch.Tensor:
+    """``rows^T rows`` in float64 (``rows`` [n, d] -> [d, d])."""
     x = rows.double()
-    return torch.linalg.eigh(x.T @ x)[1].flip(1).float().contiguous()
+    return x.T @ x
 
 
-def grouped_rotation(rows: torch.Tensor, head_dim: int, heads_per_group: int) -> torch.Tensor:
+def pca_rotation(moment: torch.Tensor) -> torch.Tensor:
+    """Orthogonal ``[d, d]`` float32 whose columns are the eigenvectors of ``moment`` (largest first)."""
+    return torch.linalg.eigh(moment.double())[1].flip(1).float().contiguous()
+
+
+def grouped_rotation(moment: torch.Tensor, head_dim: int, heads_per_group: int) -> torch.Tensor:
     """Block-diagonal rotation of an attention output: one PCA per kv group, pooled over its query heads."""
-    n_heads = rows.shape[1] // head_dim
-    heads = rows.reshape(rows.shape[0], n_heads, head_dim)
+    n_heads = moment.shape[0] // head_dim
     blocks = []
     for g in range(n_heads // heads_per_group):
-        pooled = heads[:, g * heads_per_group : (g + 1) * heads_per_group].reshape(-1, head_dim)
+        pooled = sum(
+            moment[h * head_dim : (h + 1) * head_dim, h * head_dim : (h + 1) * head_dim]
+            for h in range(g * heads_per_group, (g + 1) * heads_per_group)
+        )
         blocks += [pca_rotation(pooled)] * heads_per_group
     return torch.block_diag(*blocks)
 
@@ -53,13 +64,13 @@ def _attention_shape(model: nn.Module, width: int) -> tuple[int, int] | None:
     return head_dim, heads // kv
 
 
-def site_rotation(model: nn.Module, site_kind: str, rows: torch.Tensor) -> torch.Tensor:
-    """The rotation for one input site from its calibration rows ``[n, width]`` (signed)."""
+def site_rotation(model: nn.Module, site_kind: str, moment: torch.Tensor) -> torch.Tensor:
+    """The rotation for one input site from its second moment ``[width, width]`` over calibration tokens."""
     if site_kind == "attn.o_in":
-        shape = _attention_shape(model, rows.shape[1])
+        shape = _attention_shape(model, moment.shape[0])
         if shape is not None:
-            return grouped_rotation(rows, *shape)
-    return pca_rotation(rows)
+            return grouped_rotation(moment, *shape)
+    return pca_rotation(moment)
 
 
 def rotation_params(q: torch.Tensor) -> int:

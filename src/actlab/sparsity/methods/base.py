@@ -112,10 +112,8 @@ class ThresholdMethod(Method):
         self.params = {g.name: group_params(model, g) for g in self.groups}
         self.own_sample = sample is None
         self.sample = self.collect(windows) if sample is None else self._check_sample(sample)
-        rotate = set(getattr(config, "rotate", ()))
         self.rotations: dict[str, torch.Tensor] = {
-            g.site: site_rotation(model, g.site.split(".", 2)[2], self.sample.rows[g.site])
-            for g in self.groups if g.kind == "input" and g.site.split(".", 2)[2] in rotate
+            s: site_rotation(model, s.split(".", 2)[2], self.sample.second_moments[s]) for s in self.moment_sites()
         }
         self.weights = {g.name: self.channel_weights(g) for g in self.groups}
         self.tables = {g.name: QuantileTable.from_scores(self._scores(g)) for g in self.groups}
@@ -143,11 +141,20 @@ class ThresholdMethod(Method):
             sites |= {f"layers.{g.layer}.mlp.down_in" for g in self.groups if g.kind == "act"}
         return sorted(sites)
 
+    def moment_sites(self) -> list[str]:
+        """Sites whose second moment calibration accumulates: the inputs the config rotates."""
+        rotate = set(getattr(self.config, "rotate", ()))
+        return sorted(g.site for g in self.groups if g.kind == "input" and g.site.split(".", 2)[2] in rotate)
+
     def _check_sample(self, sample: CalibrationSample) -> CalibrationSample:
         """A shared sample must hold what this method reads."""
         missing = sorted(set(self.sample_sites()) - set(sample.rows))
         if missing:
             raise PlanError(f"{self.config.method}: the calibration sample lacks sites {missing[:3]}")
+        missing = sorted(set(self.moment_sites()) - set(sample.second_moments))
+        if missing:
+            raise PlanError(f"{self.config.method}: rotations need second moments the calibration sample lacks "
+                            f"({missing[:3]}): collect it with moment_sites=...")
         if self.allocation == "greedy" and len(sample.blocks) == 0:
             raise PlanError("greedy allocation needs a sample collected with block_tokens > 0")
         return sample
@@ -156,6 +163,7 @@ class ThresholdMethod(Method):
         tokens = getattr(self.config, "greedy_tokens", 0) if self.allocation == "greedy" else 0
         return collect(
             self.model, windows, self.sample_sites(), block_tokens=tokens, up_moments=up_moments,
+            moment_sites=self.moment_sites(),
             progress=lambda d, t: self._report("calibration pass", d, t),
         )
 
