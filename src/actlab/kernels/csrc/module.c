@@ -137,7 +137,7 @@ static PyMethodDef methods[] = {
      "advise_hugepages(ptr, nbytes) -> bool: madvise(MADV_HUGEPAGE) on the 2 MiB-aligned interior"},
     {"set_parallel_min_bytes", py_set_parallel_min_bytes, METH_VARARGS,
      "set_parallel_min_bytes(n) -> previous: weight bytes a call reads before it goes multi-threaded "
-     "(negative: default 4 MiB)"},
+     "(negative: default 256 KiB)"},
     {"has_openmp", py_has_openmp, METH_NOARGS, "whether the extension was built with OpenMP"},
     {NULL, NULL, 0, NULL},
 };

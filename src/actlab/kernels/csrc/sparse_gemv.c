@@ -159,13 +159,14 @@ float actlab__apply_act(actlab_act act, float v) {
 }
 
 /*
- * Weight bytes a call must read before it is split over threads. A parallel region ends in a join: on an
- * idle machine that costs microseconds, but when the cores are shared with other processes the woken
- * worker can wait a whole scheduler slice (measured: 8-20 ms per call instead of 0.1 ms for a 576x1536
- * layer on a loaded 2-core box). Below ~4 MiB (~0.2 ms on one core) a single thread is the safe choice,
- * and it is what MKL's dense GEMV does at those sizes too. ACTLAB_PARALLEL_MIN_BYTES overrides it.
+ * Weight bytes a call must read before it is split over threads. Below this a parallel region costs more
+ * (fork and join, a few microseconds) than the second core saves. 256 KiB is ~10 us of streaming on one core.
+ * It was 4 MiB, chosen on a loaded 2-core box where a join could wait a whole scheduler slice; on idle
+ * machines that left SmolLM2's 576x1536 layers on one core while torch's dense GEMV used two (measured at
+ * 2 threads: 0.55x of dense at 0% on an Intel AVX-512 VM, 0.49x on an AMD one; with 256 KiB 1.3-1.7x).
+ * On a machine shared with other jobs, pass fewer threads or raise ACTLAB_PARALLEL_MIN_BYTES.
  */
-#define ACTLAB_PARALLEL_MIN_BYTES_DEFAULT (4 << 20)
+#define ACTLAB_PARALLEL_MIN_BYTES_DEFAULT (256 << 10)
 
 static int64_t g_parallel_min_bytes = -1; /* -1: not read from the environment yet */
 

@@ -64,7 +64,7 @@ typedef struct {
 int actlab_gated_mlp_forward(const actlab_gated_mlp *m, actlab_mat x, float *y, int64_t y_ld,
                              int num_threads);
 
-/* Weight bytes a call must read before it uses more than one thread (default 4 MiB, or the environment
+/* Weight bytes a call must read before it uses more than one thread (default 256 KiB, or the environment
  * variable ACTLAB_PARALLEL_MIN_BYTES); a negative value restores the default. Returns the previous value. */
 int64_t actlab_set_parallel_min_bytes(int64_t bytes);
 
