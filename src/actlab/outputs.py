@@ -21,6 +21,20 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; done once, at import, before any worker threads
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _default_mode(base: int) -> int:
+    """``base`` under the umask: what ``open``/``mkdir`` would give (mkstemp/mkdtemp make 0600/0700)."""
+    return base & ~_UMASK
+
+
 class OutputError(ValueError):
     """The output location cannot be written."""
 
@@ -50,6 +64,7 @@ def staged_output(out: str | os.PathLike) -> Iterator[Path]:
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
     try:
+        os.chmod(tmp, _default_mode(0o777))  # the staging dir becomes ``out``: give it a normal directory's mode
         yield tmp
         if not out.exists():
             os.replace(tmp, out)
@@ -73,6 +88,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
+        os.chmod(tmp, _default_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
