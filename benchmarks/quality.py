@@ -394,6 +394,16 @@ def _analysis(res: dict[str, Any]) -> list[str]:
                    "components dense (rank-aware) is no better. The best, ~0.85x, is far from the ~3x lower error "
                    "that going from +35% to +10% at 50% would need if the log-perplexity increase scales with it, so the remaining gap is the near-isotropy of the post-norm inputs themselves, which "
                    "training (the DEFT/ProSparse issue) changes and calibration cannot.")
+    combo = ROOT / "cett_wina.json"
+    if combo.exists():
+        cw = json.loads(combo.read_text())
+        ref = {row: c for row in ("wina-global", "teal-global") if (c := _cells(res, row).get(str(cw["target"])))}
+        cells = [f"CETT {r['cett']:g} on down ({_pct(r['down_sparsity_model_wide'])} of the weights) + WINA global on the "
+                 f"rest: {_pct(r['sparsity_model_wide'])}, {r['ppl_increase_pct']:+.1f}%" for r in cw["rows"]]
+        refs = ", ".join(f"{row} {c['ppl_increase_pct']:+.1f}%" for row, c in ref.items())
+        out.append(f"* Combining CETT with WINA (`{cw['command'].strip()}`): {'; '.join(cells)}; against {refs}. "
+                   "CETT's per-layer target spends the down inputs' share of the budget worse than the Fisher-damage "
+                   "allocation does when it places every input, down included, itself.")
     drift = [f"{row} {_pct(float(k))} -> {_pct(c['sparsity_measured'])}"
              for row in ("teal-uniform", "teal-global") for k, c in _cells(res, row).items() if float(k) >= 0.5]
     if drift:
