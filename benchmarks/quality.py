@@ -398,7 +398,7 @@ def _analysis(res: dict[str, Any]) -> list[str]:
     if combo.exists():
         cw = json.loads(combo.read_text())
         ref = {row: c for row in ("wina-global", "teal-global") if (c := _cells(res, row).get(str(cw["target"])))}
-        cells = [f"CETT {r['cett']:g} on down ({_pct(r['down_sparsity_model_wide'])} of the weights) + WINA global on the "
+        cells = [f"CETT {r['cett']:g} on down (skipping {_pct(r['down_sparsity_model_wide'])} of all weights) + WINA global on the "
                  f"rest: {_pct(r['sparsity_model_wide'])}, {r['ppl_increase_pct']:+.1f}%" for r in cw["rows"]]
         refs = ", ".join(f"{row} {c['ppl_increase_pct']:+.1f}%" for row, c in ref.items())
         out.append(f"* Combining CETT with WINA (`{cw['command'].strip()}`): {'; '.join(cells)}; against {refs}. "
