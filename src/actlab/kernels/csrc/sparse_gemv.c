@@ -163,7 +163,8 @@ float actlab__apply_act(actlab_act act, float v) {
  * (fork and join, a few microseconds) than the second core saves. 256 KiB is ~10 us of streaming on one core.
  * It was 4 MiB, chosen on a loaded 2-core box where a join could wait a whole scheduler slice; on idle
  * machines that left SmolLM2's 576x1536 layers on one core while torch's dense GEMV used two (measured at
- * 2 threads: 0.55x of dense at 0% on an Intel AVX-512 VM, 0.49x on an AMD one; with 256 KiB 1.3-1.7x).
+ * 2 threads, 0% sparsity, 576x1536: 0.55x of dense on an Intel AVX-512 VM, 0.49x on an AMD one, where
+ * 256 KiB gives 1.18x, and 2.07x on 1536x576).
  * On a machine shared with other jobs, pass fewer threads or raise ACTLAB_PARALLEL_MIN_BYTES.
  */
 #define ACTLAB_PARALLEL_MIN_BYTES_DEFAULT (256 << 10)
