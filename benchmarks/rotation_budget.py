@@ -27,37 +27,20 @@ import sys
 
 import torch
 
-# The norm in front of each input, for the llama family (the only one this proxy reads norm scales of).
+# The norm in front of each input, for the llama family (the only one this proxy reads norm scales of; the
+# adapter table maps sites and consumers, not norms).
 NORM_OF = {"attn.qkv_in": "input_layernorm", "mlp.gate_up_in": "post_attention_layernorm"}
-CONSUMERS = {"attn.qkv_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-             "mlp.gate_up_in": ("mlp.gate_proj", "mlp.up_proj")}
 
 
-def pca(moment: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of a second moment, largest first, as float32 columns."""
-    return torch.linalg.eigh(moment.double())[1].flip(1).float()
-
-
-def masked_error(z: torch.Tensor, w: torch.Tensor, sparsity: float) -> float:
-    """Relative output error of ``w`` applied to ``z`` with its smallest ``sparsity`` of |z_i| dropped per token."""
-    k = int(round(z.shape[1] * sparsity))
+def masked_error(z: torch.Tensor, w: torch.Tensor, sparsity: float, whole: torch.Tensor | None = None) -> float:
+    """Output error of ``w`` when the smallest ``sparsity`` of ``|z_i|`` per token are dropped, relative to
+    ``w`` applied to ``whole`` (default ``z``; the full input when ``z`` is only the masked part of it)."""
+    k = min(int(round(z.shape[1] * sparsity)), z.shape[1])
     if k <= 0:
         return 0.0
-    k = min(k, z.shape[1])
     thr = z.abs().kthvalue(k, dim=1, keepdim=True).values
     dropped = torch.where(z.abs() <= thr, z, torch.zeros_like(z))
-    return float((dropped @ w.T).pow(2).sum() / (z @ w.T).pow(2).sum())
-
-
-def lowrank_error(x: torch.Tensor, w: torch.Tensor, p: torch.Tensor, sparsity: float) -> float:
-    """Top-r components (columns of ``p``) kept exactly; the residual masked in the channel basis."""
-    resid = x - (x @ p) @ p.T
-    k = min(int(round(x.shape[1] * sparsity)), x.shape[1])
-    if k <= 0:
-        return 0.0
-    thr = resid.abs().kthvalue(k, dim=1, keepdim=True).values
-    dropped = torch.where(resid.abs() <= thr, resid, torch.zeros_like(resid))
-    return float((dropped @ w.T).pow(2).sum() / (x @ w.T).pow(2).sum())
+    return float((dropped @ w.T).pow(2).sum() / ((z if whole is None else whole) @ w.T).pow(2).sum())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,6 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     import actlab
     from actlab.data.windows import make_windows
     from actlab.envinfo import machine_line
+    from actlab.models.adapters import linear_weight
+    from actlab.sparsity.groups import layer_groups
+    from actlab.sparsity.rotation import pca_rotation, second_moment
 
     torch.set_num_threads(a.threads)
     model, tok = actlab.load_model(a.model)
@@ -88,11 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
         acts = {k: v.reshape(-1, v.shape[-1]).float().clone() for k, v in cap.tensors.items()}
     layers = model.model.layers
     n_layers = len(layers)
+    consumers = {g.site: g.consumers for g in layer_groups(model, kinds=tuple(NORM_OF))}
 
     def weights(layer: int, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-        mod = layers[layer]
-        w = torch.cat([mod.get_submodule(p).weight for p in CONSUMERS[kind]]).detach().float()
-        return w, mod.get_submodule(NORM_OF[kind]).weight.detach().float()
+        paths = consumers[f"layers.{layer}.{kind}"]
+        w = torch.cat([linear_weight(model.get_submodule(p)) for p in paths]).detach().float()
+        return w, layers[layer].get_submodule(NORM_OF[kind]).weight.detach().float()
 
     # The shared basis: pooled second moment of the normalised residual stream (scales divided out), each
     # input weighted equally.
@@ -100,9 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     for kind in NORM_OF:
         for i in range(n_layers):
             x = acts[f"layers.{i}.{kind}"]
-            u = (x / weights(i, kind)[1]).double()
-            shared = shared + (u.T @ u) / u.pow(2).sum()
-    q_shared = pca(shared)
+            u = x / weights(i, kind)[1]
+            shared = shared + second_moment(u) / u.double().pow(2).sum()
+    q_shared = pca_rotation(shared)
     ranks = [int(r) for r in a.ranks.split(",") if r]
     rows = []
     with torch.no_grad():
@@ -116,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
                 base = 1.0 - a.budget
                 levels["channel"] = base
                 errs.setdefault("channel", []).append(masked_error(x, w, base))
-                q = pca(x.double().T @ x.double())
+                q = pca_rotation(second_moment(x))
                 s_rot = min(base + d * d / (out * d), 1.0)
                 levels["pca/layer"] = s_rot
                 errs.setdefault("pca/layer", []).append(masked_error(x @ q, w @ q, s_rot))
@@ -125,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
                 for r in ranks:
                     s_lr = min(base + r * (out + 2 * d) / (out * d), 1.0)
                     levels[f"lowrank {r}"] = s_lr
-                    errs.setdefault(f"lowrank {r}", []).append(lowrank_error(x, w, q[:, :r], s_lr))
+                    p = q[:, :r]  # top-r components kept exactly, the residual masked in the channel basis
+                    errs.setdefault(f"lowrank {r}", []).append(masked_error(x - (x @ p) @ p.T, w, s_lr, whole=x))
             for name, v in errs.items():
                 rows.append({"input": kind, "basis": name, "mask_sparsity": levels[name],
                              "rel_error_mean": sum(v) / len(v), "rel_error_max": max(v)})
