@@ -25,7 +25,11 @@ from torch import Tensor, nn
 from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
-__all__ = ["SlotLayer", "make_cache"]
+__all__ = ["SlotLayer", "cache_argument", "make_cache"]
+
+#: what a causal LM's ``forward`` calls its KV cache, newest name first: transformers 5.24 renamed
+#: ``past_key_values`` to ``cache``; read from the signature, never from a version string
+CACHE_ARGUMENTS: tuple[str, ...] = ("cache", "past_key_values")
 
 
 class SlotLayer(StaticLayer):
@@ -48,10 +52,25 @@ class SlotLayer(StaticLayer):
 
 
 @functools.cache
+def cache_argument(cls: type) -> str | None:
+    """The name under which ``cls.forward`` takes its KV cache (``cache`` or ``past_key_values``), or None.
+
+    Example:
+        >>> from transformers import LlamaForCausalLM
+        >>> cache_argument(LlamaForCausalLM) in CACHE_ARGUMENTS
+        True
+    """
+    params = inspect.signature(cls.forward).parameters
+    return next((name for name in CACHE_ARGUMENTS if name in params), None)
+
+
+@functools.cache
 def check_model_class(cls: type) -> None:
     """Refuse, with a reason, model classes the engine cannot drive (checked once per class)."""
     params = inspect.signature(cls.forward).parameters
-    missing = [p for p in ("past_key_values", "position_ids", "logits_to_keep") if p not in params]
+    missing = [p for p in ("position_ids", "logits_to_keep") if p not in params]
+    if cache_argument(cls) is None:
+        missing.insert(0, " or ".join(CACHE_ARGUMENTS))
     if missing:
         raise NotImplementedError(
             f"actlab.engine.generate needs a causal LM whose forward takes {', '.join(missing)}; "

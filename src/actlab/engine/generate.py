@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from actlab.engine.cache import check_cache, check_model_class, decoding, layer_lengths, make_cache
+from actlab.engine.cache import cache_argument, check_cache, check_model_class, decoding, layer_lengths, make_cache
 
 __all__ = ["GenerateOutput", "generate"]
 
@@ -230,12 +230,13 @@ def generate(
             pad_token_id = int(eos[0])
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
     end = total
+    kv = {cache_argument(type(model)): cache}  # past_key_values= before transformers 5.24, cache= since
 
     with torch.inference_mode():
         c0, t0 = time.process_time(), time.perf_counter()
         logits = model(
             input_ids=input_ids.to(device), attention_mask=masks.prefill_mask(), position_ids=prefill_pos,
-            past_key_values=cache, use_cache=True, logits_to_keep=1,
+            use_cache=True, logits_to_keep=1, **kv,
         ).logits  # [batch, 1, vocab]
         out[:, prompt_len] = pick(logits[:, -1])
         if eos is not None:
@@ -255,7 +256,7 @@ def generate(
                 slot_t += 1
                 logits = model(
                     input_ids=out[:, slot : slot + 1], attention_mask=masks.decode_mask(slot, slot_t),
-                    position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                    position_ids=pos, use_cache=True, logits_to_keep=1, **kv,
                 ).logits  # [batch, 1, vocab]
                 slot += 1
                 if eos is None:

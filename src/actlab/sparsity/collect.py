@@ -81,7 +81,7 @@ def _layer_input_recorder(model: nn.Module, n_batches: int, blocks: dict[int, Bl
             if len(blocks[i].calls) < n_batches:
                 args = tuple(a.detach() if torch.is_tensor(a) else a for a in args)
                 # the KV cache must not be replayed: each replay would append to it
-                kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value")}
+                kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "cache")}
                 blocks[i].calls.append((args, kw))
 
         return hook
