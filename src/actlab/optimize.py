@@ -95,6 +95,7 @@ def optimize(
     from actlab.eval.perplexity import perplexity
     from actlab.eval.sparse import evaluate_plan
     from actlab.outputs import check_writable, staged_output, write_json_atomic
+    from actlab.preflight import preflight
     from actlab.profile import profile_model
     from actlab.report.optimize_html import render_optimize
     from actlab.report.plots import density_by_layer, histograms
@@ -105,6 +106,7 @@ def optimize(
     out = check_writable(out)
     corpus = actlab.load_corpus(data)
     net, tok = actlab.load_model(model)
+    preflight(net, out)  # every later stage's cheapest call, before minutes of profiling
     calib, heldout = calibration_windows(corpus, tok, seq_len, calib_tokens, search_tokens)
     evals = make_windows(corpus, tok, seq_len, eval_tokens, split="eval")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -57,6 +59,53 @@ def quiet_libraries() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+
+
+#: set by ``actlab --debug``; ``ACTLAB_DEBUG=1`` does the same
+debug_mode = {"on": False}
+
+#: exit code of a run stopped by Ctrl-C (128 + SIGINT, what shells report)
+INTERRUPTED = 130
+
+
+def _debugging() -> bool:
+    return debug_mode["on"] or os.environ.get("ACTLAB_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a CLI command so that it never ends in a traceback.
+
+    Bad input (actlab's user errors) is one ``error:`` line and exit code 2; an unexpected exception is one
+    ``error:`` line with its type and message, how to see the traceback, and exit code 1; Ctrl-C says that
+    nothing was left half-written and exits 130. With ``--debug`` or ``ACTLAB_DEBUG=1`` unexpected
+    exceptions propagate with their traceback.
+
+    Example:
+        >>> app.command(name="env")(guarded(env))   # doctest: +SKIP
+    """
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            console.print(
+                "[bold yellow]interrupted:[/] stopped before finishing; nothing was written (outputs are staged "
+                "and moved into place only when a run succeeds)", highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(INTERRUPTED) from None
+        except user_errors() as e:
+            fail(str(e))
+        except Exception as e:
+            if _debugging():
+                raise
+            message = str(e).strip().splitlines()[0] if str(e).strip() else "(no message)"
+            fail(f"{type(e).__name__}: {message} (unexpected: run `actlab --debug ...` or set ACTLAB_DEBUG=1 "
+                 "for the traceback, and include it with the output of `actlab env` in a bug report)", code=1)
+
+    return run
 
 
 def run_guarded(fn: Callable[[], Any]) -> Any:

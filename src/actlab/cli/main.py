@@ -9,6 +9,8 @@ import importlib
 
 import typer
 
+from actlab.cli.common import debug_mode, guarded
+
 app = typer.Typer(
     name="actlab",
     help="Neuron activations of transformer models as a first-class object: measure, sparsify, accelerate.",
@@ -29,8 +31,18 @@ _COMMANDS: list[tuple[str, str]] = [
     ("optimize", "optimize"),
 ]
 
+
+
+@app.callback()
+def _options(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an unexpected error (or set ACTLAB_DEBUG=1)."),
+) -> None:
+    """Neuron activations of transformer models as a first-class object: measure, sparsify, accelerate."""
+    debug_mode["on"] = debug
+
+
 for _module, _func in _COMMANDS:
-    app.command(name=_func)(getattr(importlib.import_module(f"actlab.cli.{_module}"), _func))
+    app.command(name=_func)(guarded(getattr(importlib.import_module(f"actlab.cli.{_module}"), _func)))
 
 
 if __name__ == "__main__":  # pragma: no cover
