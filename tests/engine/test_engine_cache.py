@@ -50,3 +50,42 @@ def test_decoding_restores_layers_on_error(tiny_llama):
             raise RuntimeError("boom")
     assert all(layer.slot is None for layer in cache.layers)
     assert int(cache.get_seq_length()) == 7
+
+
+class _NewNames:
+    _can_compile_fullgraph = True
+
+    def forward(self, input_ids=None, position_ids=None, cache=None, logits_to_keep=0):  # transformers >= 5.24
+        raise NotImplementedError
+
+
+class _OldNames(_NewNames):
+    def forward(self, input_ids=None, position_ids=None, past_key_values=None, logits_to_keep=0):  # < 5.24
+        raise NotImplementedError
+
+
+class _NoCache(_NewNames):
+    def forward(self, input_ids=None, position_ids=None, logits_to_keep=0):
+        raise NotImplementedError
+
+
+def test_cache_argument_is_read_from_the_signature():
+    from actlab.engine.cache import cache_argument, check_model_class
+
+    assert cache_argument(_NewNames) == "cache"
+    assert cache_argument(_OldNames) == "past_key_values"
+    assert cache_argument(_NoCache) is None
+    check_model_class(_NewNames)
+    check_model_class(_OldNames)
+    with pytest.raises(NotImplementedError, match="cache or past_key_values"):
+        check_model_class(_NoCache)
+
+
+def test_engine_matches_hf_generate_on_the_installed_transformers(tiny_llama):
+    """Whatever transformers is installed, the engine drives it and agrees with HF's own greedy decode."""
+    model, _ = tiny_llama
+    ids = _prompt(1, 6, seed=3)
+    ours = generate(model, ids, 10).tokens
+    with torch.inference_mode():
+        theirs = model.generate(ids, max_new_tokens=10, do_sample=False, min_new_tokens=10, pad_token_id=0)
+    assert torch.equal(ours, theirs)
