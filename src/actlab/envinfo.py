@@ -51,6 +51,54 @@ def machine_line() -> str:
     )
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS does not report them)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask; a container or taskset can make it < cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def machine() -> dict[str, Any]:
+    """The machine and install a measurement ran on: CPU, cores, flags, load now, threads, versions.
+
+    Example:
+        >>> m = machine()
+        >>> sorted(m["versions"]) == ["actlab", "python", "torch", "transformers"]
+        True
+    """
+    import torch
+
+    from actlab import __version__
+
+    try:
+        from actlab.kernels import ops
+
+        kernels = ops.isa() if ops.available() else "unavailable (masking fallback)"
+    except Exception as e:  # noqa: BLE001 - a record of the machine must not fail the run it describes
+        kernels = f"unavailable ({type(e).__name__})"
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "cpu_flags": cpu_flags(),
+        "platform": platform.platform(),
+        "kernels": kernels,
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "versions": {"actlab": __version__, "torch": torch.__version__, "transformers": _version("transformers"),
+                     "python": platform.python_version()},
+    }
+
+
 def collect() -> dict[str, Any]:
     """Versions, threads, CPU flags and kernel status."""
     import torch

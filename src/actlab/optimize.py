@@ -99,8 +99,10 @@ def optimize(
     from actlab.profile import profile_model
     from actlab.report.optimize_html import render_optimize
     from actlab.report.plots import density_by_layer, histograms
+    from actlab.report.runlog import RunLog
     from actlab.sparsity.calibrate import calibration_windows
 
+    run_log, step = RunLog.start(locals(), step)  # the report's Run section: arguments, load, time per stage
     if (max_ppl_increase is None) == (sparsity is None):
         raise actlab.PlanError("give exactly one of max_ppl_increase or sparsity")
     out = check_writable(out)
@@ -148,6 +150,7 @@ def optimize(
         "speedup": speed["speedup"],
         "plan": str(out / "plan"),
         "report": str(out / "report.html"),
+        "run": run_log.finish(),
     }
     with staged_output(out) as tmp:
         best.plan.save(tmp / "plan")
