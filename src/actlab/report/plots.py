@@ -1,7 +1,8 @@
-"""Plots of a profile (a ``profile.json`` dict), as PNG files.
+"""Plots of a profile (a ``profile.json`` dict) and of the optimize quality curve, as PNG files.
 
-Each function takes the profile dict and a path, draws one figure and returns the path.
+Each function takes its data and a path, draws one figure and returns the path.
 matplotlib is used with the Agg backend through its object API, so nothing global changes.
+Fractions are drawn as percentages on every axis, the unit the reports' text and tables use.
 
 Example:
     >>> paths = draw_all(profile, "runs/profile")   # doctest: +SKIP
@@ -22,6 +23,20 @@ def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (7.0, 4.0)
     fig = Figure(figsize=size, dpi=110, layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     return fig, axes
+
+
+def _percent_axis(axis: Any, xmax: float = 1.0) -> None:
+    """Label an axis holding fractions (``xmax=1``) or percentages (``xmax=100``) in percent."""
+    from matplotlib.ticker import FuncFormatter
+
+    # %g: "40%" on linear axes and "0.01%" on log ones, where a fixed number of decimals shows 0.0%
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{100.0 * v / xmax:.4g}%"))
+
+
+def _layer_axis(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _by_kind(profile: dict) -> dict[str, list[tuple[int, dict]]]:
@@ -48,12 +63,15 @@ def density_by_layer(profile: dict, path: Path, eps: tuple[str, ...] | None = No
     for ax, e in zip(axes[0], eps, strict=False):
         for kind, rows in kinds.items():
             ax.plot([r[0] for r in rows], [r[1]["density"][e] for r in rows], marker=".", label=kind)
-        ax.set_title(f"density: fraction |x| > {float(e):g}")
+        ax.set_title(f"density: |x| > {float(e):.3g}")
         ax.set_xlabel("layer")
         ax.set_ylim(-0.02, 1.02)
+        _percent_axis(ax.yaxis)
+        _layer_axis(ax)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("fraction of entries")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    axes[0][0].set_ylabel("entries above ε (%)")
+    # outside the panels: inside, the lines of some site kinds always ran under it
+    fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=7, loc="outside right center")
     fig.savefig(path)
     return path
 
@@ -66,6 +84,7 @@ def histograms(profile: dict, path: Path) -> Path:
     cols = 3
     rows_n = (len(kinds) + cols - 1) // cols
     fig, axes = _figure(rows_n, cols, (13, 3.3 * rows_n))
+    fig.supylabel("share of entries per bin (%)", fontsize=9)
     flat = [ax for row in axes for ax in row]
     for ax, (kind, rows) in zip(flat, kinds.items(), strict=False):
         for i in _pick_layers(len(rows)):
@@ -77,6 +96,7 @@ def histograms(profile: dict, path: Path) -> Path:
         ax.set_yscale("log")
         ax.set_title(kind)
         ax.set_xlabel("|x|")
+        _percent_axis(ax.yaxis)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in flat[len(kinds):]:
@@ -96,6 +116,7 @@ def residual_magnitude(profile: dict, path: Path) -> Path:
     ax.axhline(profile["massive_config"]["abs_threshold"], color="gray", ls="--", lw=0.8, label="massive: abs threshold")
     ax.set_yscale("log")
     ax.set_xlabel("layer")
+    _layer_axis(ax)
     ax.set_title("residual stream magnitude (resid_out)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -116,7 +137,8 @@ def neuron_frequency(profile: dict, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("neuron rank")
     first = neurons[names[0]] if names else {"eps": 0}
-    ax.set_ylabel(f"fraction of tokens with |x| > {first['eps']:g}")
+    ax.set_ylabel(f"tokens with |x| > {first['eps']:g} (%)")
+    _percent_axis(ax.yaxis)
     ax.set_title("neuron activation frequency (rank plot)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -134,13 +156,67 @@ def cett_curves(profile: dict, path: Path) -> Path | None:
     for i in _pick_layers(len(rows), 5):
         layer, s = rows[i]
         ax.plot(s["cett"]["sparsity"], s["cett"]["cett"], marker=".", label=f"layer {layer}")
-    ax.set_xlabel("sparsity (fraction of neurons with output norm ≤ t)")
+    ax.set_xlabel("sparsity: neurons with output norm ≤ t (%)")
+    _percent_axis(ax.xaxis)
     ax.set_ylabel("CETT(t)")
     ax.set_title("CETT of MLP down inputs (Sparsing Law)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.savefig(path)
     return path
+
+
+def quality_curve(data: dict[str, Any], path: Path) -> Path | None:
+    """Perplexity increase against model-wide sparsity: every search probe, the chosen plan, the budget.
+
+    ``data`` is :func:`actlab.report.optimize_html.curve_data`'s dict (percent on both axes); None when it
+    holds no point. The eval split's measurement of the chosen plan is drawn beside its held-out point,
+    with its interval when the summary has one, so a budget that did not hold on new text shows as such.
+    """
+    series = [s for s in data["series"] if s["points"]]
+    if not series:
+        return None
+    fig, axes = _figure(1, 1, (8, 4.2))
+    ax = axes[0][0]
+    for s in series:
+        ax.plot([p[0] for p in s["points"]], [p[1] for p in s["points"]], marker="o", ms=4, lw=1, label=s["label"])
+    if data.get("budget_pct") is not None:
+        ax.axhline(data["budget_pct"], color="crimson", ls="--", lw=1, label=f"budget +{data['budget_pct']:g}%")
+    if data.get("target_sparsity_pct") is not None:
+        ax.axvline(data["target_sparsity_pct"], color="crimson", ls="--", lw=1,
+                   label=f"target {data['target_sparsity_pct']:g}% sparsity")
+    ch = data.get("chosen")
+    if ch:
+        ax.plot([ch["sparsity_pct"]], [ch["increase_pct"]], marker="*", ms=16, color="gold", mec="black",
+                ls="none", zorder=5, label=f"chosen: {ch['label']} (held-out)")
+        _interval(ax, ch, "black")
+    ev = data.get("eval")
+    if ev:
+        ax.plot([ev["sparsity_pct"]], [ev["increase_pct"]], marker="D", ms=7, color="tab:red", mec="black",
+                ls="none", zorder=5, label="chosen plan on the eval split")
+        _interval(ax, ev, "tab:red")
+    # keep the chosen region readable: probes far above the budget would flatten everything else
+    top = data.get("y_max_pct")
+    if top is not None:
+        bottom = min([0.0] + [p[1] for s in series for p in s["points"]])
+        ax.set_ylim(bottom - 0.05 * (top - bottom), top)
+    _percent_axis(ax.xaxis, 100)
+    _percent_axis(ax.yaxis, 100)
+    ax.set_xlabel("model-wide sparsity (%)")
+    ax.set_ylabel("perplexity increase (%)")
+    ax.set_title("quality / sparsity: search probes on held-out calibration text")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.savefig(path)
+    return path
+
+
+def _interval(ax: Any, point: dict[str, Any], color: str) -> None:
+    ci = point.get("ci_pct")
+    if ci:
+        y = point["increase_pct"]
+        ax.errorbar([point["sparsity_pct"]], [y], yerr=[[y - ci[0]], [ci[1] - y]], color=color, capsize=4, lw=1,
+                    zorder=4)
 
 
 def draw_all(profile: dict, out_dir: str | Path) -> dict[str, Path]:
