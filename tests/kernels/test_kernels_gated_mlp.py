@@ -112,11 +112,22 @@ def test_nan_and_inf_inputs():
     assert y[0].isfinite().all()
 
 
-def test_prefill_uses_reference_semantics():
+def test_prefill_dense_path_matches_the_kernel():
     g = torch.Generator().manual_seed(4)
-    w, _ = _weights(32, 96, g)
-    x = torch.randn(2, 20, 32, generator=g)  # 40 tokens: dense path
-    _check(x, w, (None,) * 3, "gelu_tanh", 0.05)
+    w, b = _weights(32, 96, g, bias=True)
+    x = torch.randn(2, 20, 32, generator=g)  # 40 tokens: the dense path
+    x[0, 3, 5] = float("nan")  # masked by t_in on both paths
+    gate = torch.where(x.abs() > 0.1, x, 0.0) @ w[0] + b[0]
+    t_act = _safe_threshold(ACT_FUNCTIONS[Activation.GELU_TANH](gate), 0.5)
+    args = (*w, "gelu_tanh", t_act, 0.1, None, b)
+    prefill = ops.sparse_gated_mlp(x, *args)
+    steps = torch.stack(  # each token alone (the C kernel), then a few tokens per call
+        [torch.cat([ops.sparse_gated_mlp(x[i, j : j + 1], *args) for j in range(20)]) for i in range(2)]
+    )
+    chunks = torch.cat([ops.sparse_gated_mlp(c, *args) for c in x.reshape(40, 32).split(4)]).reshape(x.shape)
+    scale = prefill.abs().nan_to_num(0, 0, 0).max() + 1e-3
+    assert_matches(prefill, steps, scale)
+    assert_matches(prefill, chunks, scale)
 
 
 def test_custom_op_registration():

@@ -94,11 +94,17 @@ def test_noncontiguous_and_batched_inputs():
     _check(torch.randn(1, 48), torch.randn(20, 48).t(), 0.4)  # transposed view gets copied
 
 
-def test_prefill_uses_dense_path_with_same_semantics():
+def test_prefill_dense_path_matches_the_kernel():
     x = torch.randn(64, 80)
     x[0, 0] = float("nan")
-    wt = torch.randn(80, 30)
-    _check(x, wt, 0.5)
+    x[9, 3] = float("inf")
+    wt, bias, t = torch.randn(80, 30), torch.randn(30), torch.rand(80)
+    prefill = ops.sparse_linear(x, wt, t, bias)  # 64 rows: the dense matmul on the masked input
+    chunks = torch.cat([ops.sparse_linear(c, wt, t, bias) for c in x.split(ops.MAX_KERNEL_ROWS)])  # the C kernel
+    one_by_one = torch.cat([ops.sparse_linear(r[None], wt, t, bias) for r in x])
+    scale = _scale(x, wt, t) + bias.abs()
+    assert_matches(prefill, chunks, scale)
+    assert_matches(prefill, one_by_one, scale)
 
 
 def test_empty_input():

@@ -5,6 +5,10 @@
 MLPs (``SparseLinear``, ``SparseGatedMLP``). Names load lazily: importing this package loads neither torch
 nor the compiled extension.
 
+Kernels and references agree on NaN and inf (see :mod:`actlab.kernels.ops`): a NaN input is dropped, a kept
+inf input propagates, and a non-finite weight propagates as in a dense layer fed the masked input (such
+calls run the reference). Bad shapes raise ``ValueError`` on every path.
+
 Example:
     >>> from actlab.kernels import SparseLinear, available
     >>> isinstance(available(), bool)

@@ -11,6 +11,19 @@ Whenever the extension cannot serve a call (not built, ``ACTLAB_DISABLE_KERNELS=
 needed) the pure-PyTorch reference runs instead, with a one-time :class:`ActlabKernelWarning` when the
 reason is that the kernels are unavailable. Inputs with more than ``MAX_KERNEL_ROWS`` tokens (prefill) use
 a dense matmul on the masked input, which is faster there and has the same semantics.
+
+NaN and inf (every path agrees, tested in ``tests/kernels/test_kernels_boundary.py``):
+
+* a NaN input is always dropped (``|NaN| > t`` is false), whatever the threshold, even one that keeps
+  everything else; a NaN threshold drops its channel;
+* a kept +-inf input propagates as in a dense matmul (``inf * 0 = NaN``, ``inf - inf = NaN``);
+* a NaN or inf *weight* propagates as in a dense layer fed the masked input, so ``0 * inf = NaN`` even in
+  a masked row. The kernels never read masked rows, so a call whose weights are not all finite (checked
+  once per weight tensor, again after it changes) runs the reference, with a one-time warning.
+
+Bad calls (a bias that is not ``[out]``, a threshold that is not a scalar or ``[in]``, mismatched features)
+raise ``ValueError`` before any pointer reaches C, on the kernel, reference and custom-op paths alike.
+Outputs take the inputs' dtype and device, never torch's defaults.
 """
 
 from __future__ import annotations
@@ -24,6 +37,9 @@ from torch import Tensor
 
 from actlab.kernels._args import (
     DISABLE_ENV,
+    all_finite,
+    check_linear_args,
+    check_mlp_args,
     choose_route,
     count_rows,
     env_disabled,
@@ -31,6 +47,7 @@ from actlab.kernels._args import (
     linear_setup_context,
     rows_view,
     threshold_args,
+    weight_args,
 )
 from actlab.kernels.reference import (
     Activation,
@@ -130,31 +147,32 @@ def _warn_once(reason: str) -> None:
         warnings.warn(f"actlab sparse kernels unavailable: {reason}", ActlabKernelWarning, stacklevel=3)
 
 
-def _why_not_kernel(*tensors: Tensor | None) -> str | None:
+def _why_not_kernel(weights: tuple[Tensor, ...], *tensors: Tensor | None) -> str | None:
     """None if the extension can run on these tensors, else the reason (for the warning)."""
     if env_disabled():
         return f"disabled by {DISABLE_ENV}=1"
     if _extension() is None:
         return _ext_error or "extension not built"
-    for t in tensors:  # is_cpu / dtype: the cheap checks (t.device costs a microsecond)
+    for t in (*weights, *tensors):  # is_cpu / dtype: the cheap checks (t.device costs a microsecond)
         if t is not None and not (t.is_cpu and t.dtype is torch.float32):
             return f"kernels are CPU float32 only (got {t.dtype} on {t.device})"
+    for w in weights:  # cached per weight: one scan on first use
+        if not all_finite(w):
+            return "a weight holds NaN or inf (the reference runs: masked rows propagate it as 0 * inf = NaN)"
     return None
 
 
 def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
-    """The C path; the caller checked dtype/device. Output is a fresh contiguous [..., out] tensor."""
+    """The C path; the caller checked shapes (check_linear_args), dtype and device. Output is a fresh
+    contiguous [..., out] tensor with x's dtype and device (never torch's defaults, which C would not see)."""
     # Every line here runs once per layer per decoded token: cheap tensor queries only.
     n_in, n_out = wt.shape
     shape = x.shape
-    if shape[-1] != n_in:
-        raise ValueError(f"x has {shape[-1]} features, wt expects {n_in}")
     if x.is_contiguous():
         x2, rows, x_ld = x, x.numel() // n_in if n_in else count_rows(x), n_in
     else:
         x2, rows, x_ld = rows_view(x)
-    if wt.stride(1) != 1:
-        wt = wt.contiguous()
+    wt = weight_args(wt)
     if threshold.dtype is torch.float32 and threshold.is_contiguous():
         thr_ptr, thr_stride = threshold.data_ptr(), int(threshold.numel() != 1)
         if thr_stride and threshold.numel() != n_in:
@@ -162,8 +180,8 @@ def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None
     else:
         thr_ptr, thr_stride, threshold = threshold_args(threshold, n_in)
     bias = bias if bias is None or bias.is_contiguous() else bias.contiguous()
-    # [..., out], float32 (checked by the caller)
-    y = torch.empty(rows, n_out) if len(shape) == 2 else torch.empty(shape[:-1] + (n_out,))
+    # [..., out], float32 CPU like x (checked by the caller)
+    y = x.new_empty((rows, n_out) if len(shape) == 2 else shape[:-1] + (n_out,))
     _ext.sparse_linear(  # type: ignore[union-attr]
         x2.data_ptr(),
         rows,
@@ -183,9 +201,10 @@ def _linear_kernel(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None
 
 
 def _linear_impl(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
+    check_linear_args(x, wt, threshold, bias)
     n_in = wt.shape[0]
     if (x.numel() // n_in if n_in else count_rows(x)) <= MAX_KERNEL_ROWS:
-        reason = _why_not_kernel(x, wt, threshold, bias)
+        reason = _why_not_kernel((wt,), x, threshold, bias)
         if reason is None:
             return _linear_kernel(x, wt, threshold, bias)
         _warn_once(reason)
@@ -203,7 +222,12 @@ def sparse_linear(x: Tensor, wt: Tensor, threshold: Tensor | float, bias: Tensor
         bias: optional ``[out]``.
 
     Returns:
-        ``[..., out]``. Semantics: :func:`sparse_linear_reference`.
+        ``[..., out]`` with the inputs' dtype and device. Semantics (NaN/inf included):
+        :func:`sparse_linear_reference`.
+
+    Raises:
+        ValueError: shapes that do not fit (``x``'s features vs ``wt``, a threshold not scalar or ``[in]``,
+            a bias not ``[out]``), on every path alike.
 
     Example:
         >>> lin = torch.nn.Linear(64, 32)
@@ -229,6 +253,7 @@ def _sparse_linear_op(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | N
 
 @_sparse_linear_op.register_fake
 def _(x: Tensor, wt: Tensor, threshold: Tensor, bias: Tensor | None) -> Tensor:
+    check_linear_args(x, wt, threshold, bias)
     return x.new_empty(*x.shape[:-1], wt.shape[1])
 
 
@@ -249,18 +274,13 @@ def _mlp_kernel(
     act: int,
 ) -> Tensor:
     x2, rows, x_ld = rows_view(x)
-    wg_t, wu, wd_t = (w if w.stride(1) == 1 else w.contiguous() for w in (wg_t, wu, wd_t))
+    wg_t, wu, wd_t = (weight_args(w) for w in (wg_t, wu, wd_t))
     d_model, d_ff = wg_t.shape
-    if wu.shape != (d_ff, d_model) or wd_t.shape != (d_ff, d_model) or x.shape[-1] != d_model:
-        raise ValueError(
-            f"inconsistent shapes: x {tuple(x.shape)}, w_gate_t {tuple(wg_t.shape)}, "
-            f"w_up {tuple(wu.shape)}, w_down_t {tuple(wd_t.shape)}"
-        )
     bg, bu, bd = (None if b is None else b.contiguous() for b in (bg, bu, bd))
     p_in, s_in, _k1 = threshold_args(t_in, d_model)
     p_act, s_act, _k2 = threshold_args(t_act, d_ff)
     p_down, s_down, _k3 = threshold_args(t_down, d_ff)
-    y = torch.empty(x.shape)  # [..., d_model], float32 (checked by the caller)
+    y = x.new_empty(x.shape)  # [..., d_model], float32 CPU like x (checked by the caller)
     _ext.gated_mlp(  # type: ignore[union-attr]
         x2.data_ptr(),
         rows,
@@ -301,8 +321,9 @@ def _mlp_impl(
     t_down: Tensor | None,
     act: int,
 ) -> Tensor:
+    check_mlp_args(x, wg_t, wu, wd_t, (t_in, t_act, t_down), (bg, bu, bd))
     if count_rows(x) <= MAX_KERNEL_ROWS:
-        reason = _why_not_kernel(x, wg_t, wu, wd_t, bg, bu, bd, t_in, t_act, t_down)
+        reason = _why_not_kernel((wg_t, wu, wd_t), x, bg, bu, bd, t_in, t_act, t_down)
         if reason is None:
             return _mlp_kernel(x, wg_t, wu, wd_t, bg, bu, bd, t_in, t_act, t_down, act)
         _warn_once(reason)
@@ -336,7 +357,11 @@ def sparse_gated_mlp(
         biases: optional ``(b_gate, b_up, b_down)``.
 
     Returns:
-        ``[..., d_model]``. Semantics: :func:`sparse_gated_mlp_reference`.
+        ``[..., d_model]`` with the inputs' dtype and device. Semantics (NaN/inf included):
+        :func:`sparse_gated_mlp_reference`.
+
+    Raises:
+        ValueError: operands whose shapes do not fit (see the argument shapes), on every path alike.
 
     Example:
         >>> g, u, d = (torch.nn.Linear(64, 256, bias=False), torch.nn.Linear(64, 256, bias=False),
@@ -348,7 +373,7 @@ def sparse_gated_mlp(
     """
     code = int(Activation.parse(act))
     t_in, t_act, t_down = (
-        t if t is None or isinstance(t, Tensor) else torch.tensor(float(t), device=x.device)
+        t if t is None or isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float32, device=x.device)
         for t in (t_in, t_act, t_down)
     )
     args = (x, w_gate_t, w_up, w_down_t, *biases, t_in, t_act, t_down, code)
@@ -391,4 +416,5 @@ def _(
     t_down: Tensor | None,
     act: int,
 ) -> Tensor:
+    check_mlp_args(x, w_gate_t, w_up, w_down_t, (t_in, t_act, t_down), (b_gate, b_up, b_down))
     return x.new_empty(x.shape)

@@ -17,7 +17,8 @@ static int check_shapes(const actlab_gated_mlp *m, actlab_mat x) {
     const int64_t dm = x.cols, dff = m->wg_t.cols;
     return actlab__valid_mat(x) && actlab__valid_mat(m->wg_t) && actlab__valid_mat(m->wu) &&
            actlab__valid_mat(m->wd_t) && m->wg_t.rows == dm && m->wu.rows == dff && m->wu.cols == dm &&
-           m->wd_t.rows == dff && m->wd_t.cols == dm && x.rows <= 1 << 20 && dff < INT32_MAX;
+           m->wd_t.rows == dff && m->wd_t.cols == dm && x.rows <= 1 << 20 && dff < INT32_MAX &&
+           dm < INT32_MAX; /* kept inputs and neurons are stored as int32 indices */
 }
 
 /* u[r*B+b] = dot(wu[jidx[r], :], xm_b) + bu, for the kept neurons only, split over threads by rows. */

@@ -1,8 +1,10 @@
 /*
  * CPython binding of the sparse GEMV core: actlab.kernels._sparse. Tensors cross as raw data pointers
  * (integers) plus sizes and strides, so the C core stays torch-free and a call costs one tuple parse.
- * The GIL is released around the work. Callers (ops.py) are responsible for dtype, device, contiguity
- * and lifetimes; the C side only checks shapes.
+ * The GIL is released around the work. Callers (ops.py, _args.py) are responsible for dtype, device,
+ * contiguity, lifetimes and the lengths behind each pointer (bias, thresholds): a pointer carries none, so
+ * the Python boundary checks them against the shapes first. The C side checks what it can: sizes,
+ * strides, index ranges, threshold strides (0 or 1) and the activation code.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -31,6 +33,10 @@ static PyObject *py_sparse_linear(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KLLLKLLKLKKLi:sparse_linear", &x, &rows, &in, &x_ld, &wt, &out, &wt_ld, &thr,
                           &thr_stride, &bias, &y, &y_ld, &num_threads))
         return NULL;
+    if (thr_stride != 0 && thr_stride != 1) {
+        PyErr_SetString(PyExc_ValueError, "threshold stride must be 0 (scalar) or 1 (per channel)");
+        return NULL;
+    }
     const actlab_mat xm = {PTR(x), rows, in, x_ld}, wm = {PTR(wt), in, out, wt_ld};
     const actlab_thr tm = {PTR(thr), thr_stride};
     int status;
@@ -52,6 +58,10 @@ static PyObject *py_gated_mlp(PyObject *self, PyObject *args) {
         return NULL;
     if (act < ACTLAB_ACT_SILU || act > ACTLAB_ACT_RELU) {
         PyErr_SetString(PyExc_ValueError, "unknown activation code");
+        return NULL;
+    }
+    if ((s_in | s_act | s_down) & ~1LL) {
+        PyErr_SetString(PyExc_ValueError, "threshold strides must be 0 (scalar) or 1 (per channel)");
         return NULL;
     }
     const actlab_gated_mlp m = {

@@ -279,7 +279,9 @@ int actlab__valid_mat(actlab_mat m) {
 
 int actlab_sparse_linear(actlab_mat x, actlab_mat wt, actlab_thr thr, const float *bias, float *y,
                          int64_t y_ld, int num_threads) {
-    if (!actlab__valid_mat(x) || !actlab__valid_mat(wt) || x.cols != wt.rows || thr.data == NULL)
+    /* kept rows are stored as int32 indices */
+    if (!actlab__valid_mat(x) || !actlab__valid_mat(wt) || x.cols != wt.rows || thr.data == NULL ||
+        x.cols >= INT32_MAX)
         return ACTLAB_ERR_ARGS;
     if (x.rows == 0 || wt.cols == 0) return ACTLAB_OK;
     if (y == NULL || y_ld < wt.cols) return ACTLAB_ERR_ARGS;
