@@ -1,12 +1,23 @@
-"""Atomic outputs keep the modes a plain open/mkdir would give (temp files are created private)."""
+"""Outputs: atomic, with the modes a plain open/mkdir gives, never over foreign files, one writer at a time."""
 
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
-from actlab.outputs import OutputError, staged_output, write_json_atomic
+from actlab.outputs import (
+    MANIFEST,
+    OutputError,
+    check_writable,
+    claim_output,
+    lock_path,
+    output_lock,
+    staged_output,
+    write_json_atomic,
+)
 
 
 def _mode(p) -> int:
@@ -45,3 +56,138 @@ def test_out_is_a_file_is_refused(tmp_path):
     with pytest.raises(OutputError, match="not a directory"):
         with staged_output(f):
             pass
+
+
+# ----------------------------------------------------------------- never over foreign files, one writer
+
+
+def _write(out, files, overwrite=None):
+    with staged_output(out, overwrite=overwrite) as tmp:
+        for rel, text in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text)
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def test_foreign_file_in_a_subdirectory_is_never_deleted(tmp_path):
+    out = tmp_path / "D"
+    _write(out, {"plan/plan.json": "1", "report.html": "r1"})
+    (out / "plan" / "mine.txt").write_text("user data")
+    with pytest.raises(OutputError, match="did not write.*plan/mine.txt.*--overwrite"):
+        _write(out, {"plan/plan.json": "2", "report.html": "r2"})
+    _write(out, {"plan/plan.json": "2", "report.html": "r2"}, overwrite=True)
+    assert _tree(out) == {"plan/mine.txt": "user data", "plan/plan.json": "2", "report.html": "r2"}
+
+
+def test_earlier_actlab_outputs_need_overwrite_and_stale_ones_go(tmp_path):
+    out = tmp_path / "D"
+    _write(out, {"a.json": "1", "old.png": "x"})
+    with pytest.raises(OutputError, match="earlier actlab run.*--overwrite"):
+        _write(out, {"a.json": "2"})
+    assert _tree(out) == {"a.json": "1", "old.png": "x"}
+    _write(out, {"a.json": "2"}, overwrite=True)
+    assert _tree(out) == {"a.json": "2"}
+
+
+def test_foreign_file_is_not_replaced_even_with_overwrite(tmp_path):
+    out = tmp_path / "D"
+    out.mkdir()
+    (out / "report.html").write_text("the user's report")
+    with pytest.raises(OutputError, match="report.html was not written by actlab.*even with --overwrite"):
+        _write(out, {"report.html": "ours", "b.json": "1"}, overwrite=True)
+    assert _tree(out) == {"report.html": "the user's report"}  # nothing moved, not even b.json
+    with pytest.raises(OutputError, match="report.html"):
+        check_writable(out, overwrite=True, expect=["report.html"])  # the early check sees it too
+
+
+def test_overwrite_writes_beside_foreign_files(tmp_path):
+    out = tmp_path / "D"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    _write(out, {"a.json": "1"}, overwrite=True)
+    _write(out, {"b.json": "2"}, overwrite=True)
+    assert _tree(out) == {"notes.txt": "keep", "b.json": "2"}
+
+
+def test_a_file_actlab_wrote_then_the_user_edited_counts_as_foreign(tmp_path):
+    out = tmp_path / "D"
+    _write(out, {"report.html": "ours"})
+    (out / "report.html").write_text("edited by hand")
+    with pytest.raises(OutputError, match="report.html was not written by actlab"):
+        _write(out, {"report.html": "new"}, overwrite=True)
+    assert (out / "report.html").read_text() == "edited by hand"
+
+
+def test_empty_directory_is_fine_without_overwrite(tmp_path):
+    out = tmp_path / "D"
+    out.mkdir()
+    _write(out, {"a.json": "1"})
+    assert _tree(out) == {"a.json": "1"}
+
+
+_HOLD = """
+import sys, time
+from actlab.outputs import output_lock
+with output_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_writer_fails_at_once_naming_the_first(tmp_path):
+    out = tmp_path / "D"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(OutputError, match=f"another actlab run \\(pid {holder.pid} "):
+            _write(out, {"a.json": "1"})
+        with pytest.raises(OutputError, match=f"pid {holder.pid}"):
+            with claim_output(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    _write(out, {"a.json": "1"})  # the dead holder's lock is gone with it (its lock file may stay: stale, harmless)
+    assert _tree(out) == {"a.json": "1"}
+    assert not lock_path(out).exists()
+
+
+def test_stale_lock_file_does_not_block(tmp_path):
+    out = tmp_path / "D"
+    lock_path(out).write_text('{"pid": 999999}')  # left by a killed run: no process holds the flock
+    _write(out, {"a.json": "1"})
+    assert not lock_path(out).exists()
+
+
+def test_lock_is_reentrant_and_carries_the_overwrite_choice(tmp_path):
+    out = tmp_path / "D"
+    _write(out, {"a.json": "1"})
+    with claim_output(out, overwrite=True):
+        check_writable(out)  # the run's choice, not False
+        _write(out, {"a.json": "2"})  # staged_output inside the claim: same lock, overwrite inherited
+    assert _tree(out) == {"a.json": "2"}
+    with pytest.raises(OutputError, match="earlier actlab run"):
+        with claim_output(out):
+            pass
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError])
+def test_interrupt_cleans_the_stage_and_releases_the_lock(tmp_path, exc):
+    out = tmp_path / "D"
+    with pytest.raises(exc), staged_output(out) as tmp:
+        (tmp / "half.json").write_text("{")
+        assert lock_path(out).exists()
+        raise exc()
+    assert list(tmp_path.iterdir()) == []
+    with output_lock(out):  # free again, in this process and (no flock left) any other
+        pass
+
+
+def test_out_dot_keeps_stage_and_lock_outside(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(".", {"a.json": "1"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "a.json"]
