@@ -36,6 +36,13 @@ import torch
 
 from actlab.sparsity.config import SparsityConfig, config_from_dict
 from actlab.sparsity.errors import PlanError
+from actlab.sparsity.plan_schema import (
+    METRIC_NUMBERS,
+    check_config_fields,
+    check_entry_fields,
+    check_numbers,
+    finite_or_null,
+)
 
 FORMAT = "actlab.sparsity-plan"
 VERSION = 1
@@ -148,19 +155,30 @@ class SparsityPlan:
             "extra": self.extra,
         }
 
-    def save(self, out: str | os.PathLike) -> Path:
-        """Write ``plan.json`` and ``thresholds.safetensors`` into directory ``out``, atomically."""
+    def save(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write ``plan.json`` and ``thresholds.safetensors`` into directory ``out``, atomically.
+
+        An existing non-empty ``out`` is refused unless ``overwrite=True``, which replaces only what actlab wrote
+        there (see :mod:`actlab.outputs`). Non-finite numbers in ``calibration``/``extra`` are written as null
+        (JSON has no NaN); in ``metrics`` they are an error.
+
+        Raises:
+            PlanError: invalid entries or metrics. OutputError: ``out`` cannot be written as asked.
+        """
         from safetensors.torch import save_file
 
-        from actlab.outputs import staged_output, write_json_atomic
+        from actlab.outputs import default_mode, staged_output, write_json_atomic
 
         _check_entries(self.entries)
+        check_numbers(self.metrics, "metrics", METRIC_NUMBERS, where="plan")
         tensors = {e.key: e.threshold.detach().float().cpu().contiguous() for e in self.entries}
         tensors.update({e.key + ROTATION_SUFFIX: e.rotation.detach().float().cpu().contiguous()
                         for e in self.entries if e.rotation is not None})
-        with staged_output(out) as tmp:
+        with staged_output(out, overwrite=overwrite) as tmp:
             save_file(tensors, str(tmp / THRESHOLDS), metadata={"format": FORMAT, "version": str(VERSION)})
+            os.chmod(tmp / THRESHOLDS, default_mode(0o666))  # safetensors writes 0600; plan.json gets the umask's
             doc = self.to_json()
+            doc["calibration"], doc["extra"] = finite_or_null(doc["calibration"]), finite_or_null(doc["extra"])
             doc["thresholds_sha256"] = _sha256(tmp / THRESHOLDS)
             write_json_atomic(tmp / PLAN_JSON, doc)
         return Path(out)
@@ -185,11 +203,17 @@ class SparsityPlan:
                 f"{root}: plan format version {version!r} is not supported by this actlab (reads versions "
                 f"{VERSION} and {VERSION_ROTATED}); recalibrate with `actlab calibrate` or upgrade actlab"
             )
+        check_config_fields(root, doc.get("config"))
         config = config_from_dict(doc.get("config"))
         if doc.get("method") != config.method:
             raise PlanError(f"{root}: method {doc.get('method')!r} does not match its config ({config.method!r})")
         if not isinstance(doc.get("model"), dict) or not isinstance(doc.get("entries"), list):
             raise PlanError(f"{root}: plan.json lacks its 'model' fingerprint or 'entries' list")
+        for name in ("metrics", "calibration", "extra"):
+            if not isinstance(doc.get(name) or {}, dict):
+                raise PlanError(f"{root}: plan.json field {name!r} must be an object, got {type(doc[name]).__name__}; "
+                                "restore the file written by actlab or recalibrate")
+        check_numbers(doc.get("metrics") or {}, "metrics", METRIC_NUMBERS, where=str(root))
         tensors = _read_thresholds(root, doc.get("thresholds_sha256"))
         entries = [_entry_from_json(root, e, tensors) for e in doc["entries"]]
         named = {e.key for e in entries} | {e.key + ROTATION_SUFFIX for e in entries if e.rotation is not None}
@@ -202,8 +226,8 @@ class SparsityPlan:
             model=doc["model"],
             entries=entries,
             metrics=dict(doc.get("metrics") or {}),
-            calibration=dict(doc.get("calibration") or {}),
-            extra=dict(doc.get("extra") or {}),
+            calibration=finite_or_null(dict(doc.get("calibration") or {})),
+            extra=finite_or_null(dict(doc.get("extra") or {})),
         )
 
 
@@ -242,19 +266,17 @@ def _read_thresholds(root: Path, expected_sha: Any) -> dict[str, torch.Tensor]:
 
 
 def _entry_from_json(root: Path, e: Any, tensors: dict[str, torch.Tensor]) -> PlanEntry:
-    try:
-        entry = PlanEntry(
-            site=str(e["site"]),
-            layer=int(e["layer"]),
-            kind=str(e["kind"]),
-            consumers=tuple(str(c) for c in e["consumers"]),
-            modules=tuple(str(m) for m in e["modules"]),
-            threshold=torch.empty(0),
-            sparsity=float(e["sparsity"]),
-        )
-        key, shape = str(e["key"]), [int(s) for s in e["threshold_shape"]]
-    except (KeyError, TypeError, ValueError) as err:
-        raise PlanError(f"{root}: invalid entry {str(e)[:120]}: {err!r}") from err
+    check_entry_fields(root, e)
+    entry = PlanEntry(
+        site=e["site"],
+        layer=e["layer"],
+        kind=e["kind"],
+        consumers=tuple(e["consumers"]),
+        modules=tuple(e["modules"]),
+        threshold=torch.empty(0),
+        sparsity=float(e["sparsity"]),
+    )
+    key, shape = e["key"], list(e["threshold_shape"])
     if key != entry.key:
         raise PlanError(f"{root}: entry key {key!r} does not match its site/consumers ({entry.key!r})")
     if key not in tensors:
@@ -292,7 +314,11 @@ def _check_entries(entries: list[PlanEntry], where: str = "plan") -> None:
         if t.dim() > 1 or not t.is_floating_point():
             raise PlanError(f"{where}: threshold {e.key} must be a float scalar or vector, got {t.dtype} {list(t.shape)}")
         if torch.isnan(t).any() or (t < 0).any():
-            raise PlanError(f"{where}: threshold {e.key} has NaN or negative values")
+            raise PlanError(f"{where}: threshold {e.key} has NaN or negative values; thresholds are |x| cut-offs "
+                            ">= 0: recalibrate the plan")
+        if torch.isinf(t).any():
+            raise PlanError(f"{where}: threshold {e.key} has +inf values (would mask every input); thresholds must "
+                            "be finite: recalibrate the plan")
         if e.kind == "topk" and (t.dim() != 0 or t.item() < 1 or not math.isfinite(t.item())):
             raise PlanError(f"{where}: top-k entry {e.key} needs a scalar k >= 1")
         if e.rotation is not None:
@@ -302,5 +328,6 @@ def _check_entries(entries: list[PlanEntry], where: str = "plan") -> None:
             eye = torch.eye(q.shape[0], dtype=torch.float64)
             if not torch.allclose(q.double() @ q.double().T, eye, atol=1e-3):
                 raise PlanError(f"{where}: rotation of {e.key} is not orthogonal (edited or corrupted)")
-        if not 0.0 <= e.sparsity <= 1.0:
+        if not math.isfinite(e.sparsity) or not 0.0 <= e.sparsity <= 1.0:
             raise PlanError(f"{where}: entry {e.key} has sparsity {e.sparsity} outside [0, 1]")
+
