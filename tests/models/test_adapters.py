@@ -72,3 +72,60 @@ def test_bad_user_mapping_names_missing_module():
     mapping = {**ADAPTERS["llama"].__dict__, "down": "mlp.nope"}
     with pytest.raises(ValueError, match="mlp.nope"):
         resolve_sites(model, adapter=mapping)
+
+
+@pytest.mark.parametrize("preset", TINY)
+def test_final_norm_embedding_and_lm_head_play_their_roles(preset):
+    from actlab.models.adapters import role_path
+
+    model, _ = actlab.load_model(f"random:{preset}")
+    ad = get_adapter(model)
+    cfg = model.config
+    d = getattr(cfg, "hidden_size", None) or cfg.n_embd
+    paths = {role: role_path(model, ad, role) for role in ("final_norm", "embed", "lm_head")}
+    assert paths["embed"] and paths["lm_head"], paths
+    embed, head = model.get_submodule(paths["embed"]), model.get_submodule(paths["lm_head"])
+    assert isinstance(embed, torch.nn.Embedding) and embed.weight.shape == (cfg.vocab_size, d)
+    assert linear_weight(head).shape == (cfg.vocab_size, d)
+    seen = {}
+
+    def keep(name):
+        def hook(module, args, out):
+            seen[name] = (args[0].detach(), out.detach())
+        return hook
+
+    handles = [embed.register_forward_hook(keep("embed")), head.register_forward_hook(keep("lm_head"))]
+    if ad.final_norm:
+        norm = model.get_submodule(paths["final_norm"])
+        assert norm.weight.shape == (d,)
+        handles.append(norm.register_forward_hook(keep("final_norm")))
+    else:
+        assert preset == "tiny-bert" and paths["final_norm"] is None  # post-norm: no final norm
+    ids = torch.randint(3, 200, (2, 5))
+    last = f"layers.{len(model.get_submodule(ad.layers)) - 1}.resid_out"
+    try:
+        with torch.no_grad(), actlab.capture(model, sites=last) as cap:
+            logits = model(input_ids=ids).logits
+    finally:
+        for h in handles:
+            h.remove()
+    assert torch.equal(seen["embed"][0], ids)
+    head_out = seen["lm_head"][1]
+    cap_value = getattr(cfg, "final_logit_softcapping", None)
+    if cap_value:
+        head_out = torch.tanh(head_out / cap_value) * cap_value
+    torch.testing.assert_close(head_out, logits)
+    if ad.final_norm:  # the norm reads the last layer's output and is what the head reads
+        torch.testing.assert_close(seen["final_norm"][0], cap.tensors[last])
+        torch.testing.assert_close(seen["final_norm"][1], seen["lm_head"][0])
+
+
+def test_role_paths_fall_back_through_alternatives():
+    from actlab.models.adapters import role_path
+
+    model, _ = actlab.load_model("random:tiny-gpt_neox")
+    ad = Adapter.from_dict({**ADAPTERS["gpt_neox"].__dict__, "lm_head": ["embed_out", "lm_head"]})
+    assert role_path(model, ad, "lm_head") == "lm_head"  # embed_out before transformers 5
+    assert role_path(model, Adapter.from_dict({**ad.__dict__, "lm_head": "nope"}), "lm_head") is None
+    with pytest.raises(ValueError, match="unknown module role"):
+        role_path(model, ad, "head")

@@ -2,8 +2,6 @@
 
 Masking is ``torch.where(|v| > t, v, 0)``, never ``v * mask``: a masked NaN must become 0 (NaN * 0 is NaN),
 while a kept +-inf propagates exactly as in a dense matmul. NaN compares false, so it is always masked.
-Weights are used as a dense layer fed the masked input uses them: a NaN or inf weight turns its output
-NaN even in a masked row (``0 * inf``); the kernels hand calls with non-finite weights to these functions.
 These functions are differentiable and run on any device and dtype; the compiled kernels must match them
 within floating-point tolerance.
 """
@@ -14,50 +12,47 @@ import enum
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from actlab.kernels._args import check_linear_args, check_mlp_args
+from actlab.functions.table import ActivationFunction, get_function, kernel_functions
 
 __all__ = ["Activation", "mask_below", "sparse_gated_mlp_reference", "sparse_linear_reference"]
 
 
 class Activation(enum.IntEnum):
-    """Gate activation of a gated MLP. The values are the C enum ``actlab_act``: never renumber."""
+    """Gate activation of the fused gated-MLP kernel: the C enum ``actlab_act``, never renumber.
+
+    The names, aliases and torch functions belong to :mod:`actlab.functions` (each entry's ``kernel_id``
+    is one of these values); this enum only mirrors the C header.
+    """
 
     SILU = 0
     GELU_TANH = 1
     RELU = 2
 
     @classmethod
-    def parse(cls, act: str | int | Activation) -> Activation:
-        """Resolves an activation from its enum, code, or name (HF ``hidden_act`` names accepted).
+    def parse(cls, act: str | int | Activation | ActivationFunction) -> Activation:
+        """Resolves an activation from its enum, code, table entry or name (any alias in the table).
+
+        Raises:
+            ValueError: the name is unknown, or the kernels do not support that function.
 
         Example:
             >>> Activation.parse("gelu_pytorch_tanh")
             <Activation.GELU_TANH: 1>
         """
-        if isinstance(act, str):
-            try:
-                return _NAMES[act.lower()]
-            except KeyError:
-                raise ValueError(f"unsupported activation {act!r}; known: {sorted(_NAMES)}") from None
+        if isinstance(act, (str, ActivationFunction)):
+            entry = get_function(act) if isinstance(act, str) else act
+            if entry.kernel_id is None:
+                supported = ", ".join(e.name for e in kernel_functions().values())
+                raise ValueError(f"the sparse kernels do not support activation {entry.name!r}; they support {supported}")
+            return cls(entry.kernel_id)
         return cls(act)
 
 
-_NAMES: dict[str, Activation] = {
-    "silu": Activation.SILU,
-    "swish": Activation.SILU,
-    "gelu_tanh": Activation.GELU_TANH,
-    "gelu_pytorch_tanh": Activation.GELU_TANH,
-    "gelu_new": Activation.GELU_TANH,
-    "relu": Activation.RELU,
-}
-
+#: the torch function of each kernel activation: the table's, so the reference computes what C does
 ACT_FUNCTIONS: dict[Activation, Callable[[Tensor], Tensor]] = {
-    Activation.SILU: F.silu,
-    Activation.GELU_TANH: lambda v: F.gelu(v, approximate="tanh"),
-    Activation.RELU: F.relu,
+    Activation(k): e.fn for k, e in kernel_functions().items()
 }
 
 
@@ -92,7 +87,6 @@ def sparse_linear_reference(
         >>> sparse_linear_reference(x, wt, 0.5)
         tensor([[1., 0.]])
     """
-    check_linear_args(x, wt, threshold, bias)  # the kernel's boundary checks: one error on every path
     y = mask_below(x, threshold) @ wt  # [..., out]
     return y if bias is None else y + bias
 
@@ -130,7 +124,6 @@ def sparse_gated_mlp_reference(
         >>> y.shape
         torch.Size([1, 4])
     """
-    check_mlp_args(x, w_gate_t, w_up, w_down_t, (t_in, t_act, t_down), biases)
     b_gate, b_up, b_down = biases
     xm = mask_below(x, t_in)
     gate = xm @ w_gate_t  # [..., d_ff]

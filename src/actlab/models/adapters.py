@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from actlab.functions.table import ActivationFunction, UnknownActivationError, get_function, lookup_module
+
 
 class UnknownArchitectureError(ValueError):
     """The model's ``config.model_type`` has no entry in :data:`ADAPTERS`."""
@@ -42,6 +44,11 @@ class Adapter:
         fused_gate_up: ``mlp_in`` is one linear producing ``[gate, up]`` concatenated (phi3).
         encoder: bidirectional encoder (loaded with a masked-LM head, not a causal one).
         act_config_keys: config attributes naming the activation function, first found wins.
+        final_norm: path(s) from the root of the norm applied to the last layer's output before the LM
+            head; the first the model has wins; empty where there is none (post-norm BERT).
+        embed: path(s) of the token embedding (``[vocab, d_model]``).
+        lm_head: path(s) of the linear producing the logits (``[vocab, d_model]``); GPT-NeoX names it
+            ``embed_out`` before transformers 5.
     """
 
     layers: str
@@ -54,6 +61,9 @@ class Adapter:
     fused_gate_up: bool = False
     encoder: bool = False
     act_config_keys: tuple[str, ...] = field(default=("hidden_act", "hidden_activation", "activation_function"))
+    final_norm: tuple[str, ...] = ("model.norm",)
+    embed: tuple[str, ...] = ("model.embed_tokens",)
+    lm_head: tuple[str, ...] = ("lm_head",)
 
     @property
     def mlp_in_site(self) -> str:
@@ -64,7 +74,7 @@ class Adapter:
     def from_dict(cls, d: dict[str, Any]) -> Adapter:
         """Build a user mapping, e.g. ``{"layers": "model.layers", "qkv": ["attn.wqkv"], ...}``."""
         d = dict(d)
-        for key in ("qkv", "mlp_in", "act_config_keys"):
+        for key in ("qkv", "mlp_in", "act_config_keys", "final_norm", "embed", "lm_head"):
             if key in d and isinstance(d[key], str):
                 d[key] = (d[key],)
             elif key in d:
@@ -111,6 +121,8 @@ ADAPTERS: dict[str, Adapter] = {
         act="mlp.act",
         down="mlp.c_proj",
         gated=False,
+        final_norm=("transformer.ln_f",),
+        embed=("transformer.wte",),
     ),
     "gpt_neox": Adapter(
         layers="gpt_neox.layers",
@@ -120,6 +132,9 @@ ADAPTERS: dict[str, Adapter] = {
         act="mlp.act",
         down="mlp.dense_4h_to_h",
         gated=False,
+        final_norm=("gpt_neox.final_layer_norm",),
+        embed=("gpt_neox.embed_in",),
+        lm_head=("lm_head", "embed_out"),
     ),
     "opt": Adapter(
         layers="model.decoder.layers",
@@ -129,6 +144,8 @@ ADAPTERS: dict[str, Adapter] = {
         act="activation_fn",
         down="fc2",
         gated=False,
+        final_norm=("model.decoder.final_layer_norm",),  # absent (None) in post-norm OPT-350m
+        embed=("model.decoder.embed_tokens",),
     ),
     "bert": Adapter(
         layers="bert.encoder.layer",
@@ -139,12 +156,16 @@ ADAPTERS: dict[str, Adapter] = {
         down="output.dense",
         gated=False,
         encoder=True,
+        final_norm=(),  # post-norm: every layer ends in its own LayerNorm
+        embed=("bert.embeddings.word_embeddings",),
+        lm_head=("cls.predictions.decoder",),
     ),
 }
 
 _HOW_TO_ADD = (
     "add an entry to actlab.models.adapters.ADAPTERS (one Adapter naming the layer list and the "
-    "q/k/v, o, gate/up, act and down module paths) or pass adapter=Adapter(...) / a dict"
+    "q/k/v, o, gate/up, act and down module paths, and the final norm, embedding and LM head) or pass "
+    "adapter=Adapter(...) / a dict"
 )
 
 
@@ -167,13 +188,60 @@ def get_adapter(model_or_type: nn.Module | str, adapter: Adapter | dict | None =
     return ADAPTERS[model_type]
 
 
+ROLES: tuple[str, ...] = ("final_norm", "embed", "lm_head")
+
+
+def role_path(model: nn.Module, adapter: Adapter, role: str) -> str | None:
+    """Path of the module that plays ``role`` (one of :data:`ROLES`) in ``model``, or ``None`` if it has none.
+
+    Example:
+        >>> role_path(model, get_adapter(model), "lm_head")            # doctest: +SKIP
+        'lm_head'
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown module role {role!r}; roles: {', '.join(ROLES)}")
+    for path in getattr(adapter, role):
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            continue
+        return path
+    return None
+
+
 def act_name(config: Any, adapter: Adapter) -> str:
-    """The activation function's name from the config (``silu``, ``gelu_pytorch_tanh``, ``relu``...)."""
+    """The activation's canonical name (:mod:`actlab.functions`) from the config, e.g. ``swish`` -> ``silu``.
+
+    This is what the config *says*; what a layer actually runs is :func:`act_function`. A name the table
+    does not know is returned as written, ``"unknown"`` when the config names none.
+    """
     for key in adapter.act_config_keys:
         value = getattr(config, key, None)
         if isinstance(value, str):
-            return value
+            try:
+                return get_function(value).name
+            except UnknownActivationError:
+                return value
     return "unknown"
+
+
+def act_function(model: nn.Module, layer: int, adapter: Adapter | None = None) -> ActivationFunction | None:
+    """The activation layer ``layer`` actually runs: its act module looked up in the table by class.
+
+    ``None`` when the module is missing or not in the table (a user's own activation): callers that need
+    to know the function (the fused kernels) must then leave the layer alone. The config is not
+    consulted: the module may have been swapped after loading.
+
+    Example:
+        >>> act_function(model, 0).name                                # doctest: +SKIP
+        'silu'
+    """
+    ad = adapter or get_adapter(model)
+    try:
+        module = model.get_submodule(f"{ad.layers}.{layer}.{ad.act}")
+    except AttributeError:
+        return None
+    return lookup_module(module)
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
