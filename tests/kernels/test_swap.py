@@ -1,5 +1,7 @@
 """Plans applied as kernel modules: same outputs as the masking path, exact restore, no doubled weights."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -98,3 +100,59 @@ def test_disabled_kernels_fall_back_with_warning(monkeypatch):
             slow = model(input_ids=ids).logits
         actlab.remove_(model)
     torch.testing.assert_close(slow, masked, rtol=1e-5, atol=1e-5)
+
+
+def _masking_warnings(record):
+    return [str(w.message) for w in record if "masking instead" in str(w.message)]
+
+
+@pytest.mark.parametrize("config", [actlab.CatsConfig(0.4), actlab.ChessConfig(0.5)], ids=lambda c: c.method)
+def test_swapped_activation_is_what_the_fused_kernel_runs(config):
+    """config.hidden_act still says silu after act_fn became ReLU: the kernel must apply ReLU."""
+    from actlab.kernels.linear import SparseGatedMLP
+    from actlab.kernels.reference import Activation
+
+    model, _ = actlab.load_model("random:tiny-llama")
+    for layer in model.model.layers:
+        layer.mlp.act_fn = torch.nn.ReLU()
+    assert model.config.hidden_act == "silu"
+    plan = calibrate(model, config, _calib())
+    ids = torch.randint(3, 259, (1, 12))
+    with torch.no_grad():
+        actlab.apply_(model, plan)
+        masked = model(input_ids=ids).logits
+        masked_step = model(input_ids=ids[:, :1]).logits
+        actlab.remove_(model)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            left = install_kernels(model, plan)
+        mlps = [m for _, m in kernel_modules(model) if isinstance(m, SparseGatedMLP)]
+        fast = model(input_ids=ids).logits
+        step = model(input_ids=ids[:, :1]).logits  # one token: the C kernel, not the prefill matmul
+        remove_kernels(model)
+    assert not _masking_warnings(record) and not left
+    assert len(mlps) == len(model.model.layers) and {m.act for m in mlps} == {Activation.RELU}
+    torch.testing.assert_close(fast, masked, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(step, masked_step, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("act", [torch.nn.GELU(), torch.nn.Tanh()], ids=["gelu-no-kernel", "not-in-table"])
+def test_activation_the_kernel_cannot_run_stays_masked_with_warning(act):
+    from actlab.kernels.linear import SparseGatedMLP
+
+    model, _ = actlab.load_model("random:tiny-llama")
+    model.model.layers[1].mlp.act_fn = act  # layer 0 keeps its SiLU and gets the fused kernel
+    plan = calibrate(model, actlab.CatsConfig(0.4), _calib())
+    ids = torch.randint(3, 259, (1, 12))
+    with torch.no_grad():
+        actlab.apply_(model, plan)
+        masked = [model(input_ids=ids).logits, model(input_ids=ids[:, :1]).logits]
+        actlab.remove_(model)
+        with pytest.warns(UserWarning, match=r"layer 1: model\.layers\.1\.mlp\.act_fn .*masking instead"):
+            actlab.apply_(model, plan, kernels=True)
+        fast = [model(input_ids=ids).logits, model(input_ids=ids[:, :1]).logits]
+        assert isinstance(model.model.layers[0].mlp, SparseGatedMLP)
+        assert not isinstance(model.model.layers[1].mlp, SparseGatedMLP)
+        actlab.remove_(model)
+    for f, m in zip(fast, masked, strict=True):
+        torch.testing.assert_close(f, m, rtol=1e-4, atol=1e-4)

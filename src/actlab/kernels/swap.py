@@ -13,7 +13,9 @@ is exactly what :class:`SparseLinear` and :class:`SparseGatedMLP` consume:
 - an ``act`` entry (CATS, CHESS) replaces the whole MLP by a :class:`SparseGatedMLP`, folding in
   the layer's ``input`` entries for gate/up and down when there are any;
 - ``topk`` entries (per-token, no threshold) and MLPs the fused kernel cannot take (phi3's fused
-  gate_up) stay on the masking path, with a warning.
+  gate_up, an activation the kernel does not compute) stay on the masking path, with a warning. The
+  activation is the one the layer's act module actually runs, looked up by class in
+  :mod:`actlab.functions`, never the config's ``hidden_act``: it may have been swapped since loading.
 
 The original weights are dropped (only the kernel layout stays), so the model does not double
 in memory; :func:`remove_kernels` rebuilds bit-identical ``nn.Linear`` layers.
@@ -33,9 +35,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from actlab.functions.table import kernel_functions
 from actlab.kernels.linear import SparseGatedMLP, SparseLinear
 from actlab.kernels.ops import ActlabKernelWarning
-from actlab.models.adapters import act_name, get_adapter
+from actlab.models.adapters import Adapter, act_function, get_adapter
 
 
 class FusedMember(nn.Module):
@@ -105,7 +108,6 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
     The caller (``apply_``) has already checked that the plan fits the model.
     """
     adapter = get_adapter(model)
-    act = act_name(model.config, adapter)
     leftover: list[Any] = []
     by_layer: dict[int, list[Any]] = defaultdict(list)
     for e in plan.entries:
@@ -119,6 +121,10 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
             _warn(
                 f"layer {layer}: the fused gated-MLP kernel needs separate gate and up projections; masking instead"
             )
+            leftover += act_entries
+            act_entries = []
+        act = _kernel_act(model, layer, adapter) if act_entries else None
+        if act_entries and act is None:
             leftover += act_entries
             act_entries = []
         if act_entries:
@@ -151,8 +157,33 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
     return leftover
 
 
+def _kernel_act(model: nn.Module, layer: int, adapter: Adapter) -> int | None:
+    """The C kernel's id of the activation layer ``layer`` actually runs (its act module, looked up in
+    :mod:`actlab.functions`), or None with a warning: the fused MLP must never apply another function."""
+    path = f"{adapter.layers}.{layer}.{adapter.act}"
+    fn = act_function(model, layer, adapter)
+    if fn is None:
+        try:
+            what = type(model.get_submodule(path)).__qualname__
+        except AttributeError:
+            what = "nothing"
+        _warn(
+            f"layer {layer}: {path} is {what}, not an activation in actlab.functions, so the fused "
+            "gated-MLP kernel cannot compute it; masking instead"
+        )
+        return None
+    if fn.kernel_id is None:
+        supported = ", ".join(e.name for e in kernel_functions().values())
+        _warn(
+            f"layer {layer}: {path} runs {fn.name}; the fused gated-MLP kernel supports {supported} only; "
+            "masking instead"
+        )
+        return None
+    return fn.kernel_id
+
+
 def _mlp_kernel(
-    model: nn.Module, act_entry: Any, mlp_entries: list[Any], gate_up: tuple[str, ...], down: str, act: str
+    model: nn.Module, act_entry: Any, mlp_entries: list[Any], gate_up: tuple[str, ...], down: str, act: int
 ) -> bool:
     gate, up = (model.get_submodule(p) for p in gate_up)
     down_mod = model.get_submodule(down)
