@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from actlab.activations.sites import Site, resolve_sites, select_sites
+from actlab.activations.sites import Site, resolve_sites
 from actlab.models.adapters import Adapter
 
 #: ``fn(site, x)``: return a tensor to replace ``x`` (same shape), or ``None`` to only read it.
@@ -115,7 +115,7 @@ def capture(
     elif sites is None:
         resolved = resolve_sites(model, adapter=adapter)
     else:
-        resolved = select_sites(resolve_sites(model, adapter=adapter), sites)
+        resolved = resolve_sites(model, sites, adapter=adapter)  # opt-in kinds resolve only when named
     cap = Capture(sites=resolved)
     if fn is None:
 
