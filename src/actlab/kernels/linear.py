@@ -213,7 +213,8 @@ class SparseGatedMLP(nn.Module):
 
         Args:
             gate, up, down: ``gate_proj``, ``up_proj``, ``down_proj``.
-            act: the gate activation, e.g. ``config.hidden_act``.
+            act: the gate activation: a name (or entry) of :mod:`actlab.functions` the kernels support,
+                the one the MLP's act module runs (:func:`actlab.models.adapters.act_function`).
             t_act: threshold on ``|act(gate)|`` (``[d_ff]`` or scalar), the CATS neuron selection.
             t_in: threshold on the MLP input (``[d_model]`` or scalar), masks gate's and up's input.
             t_down: threshold on the down projection's input (``[d_ff]`` or scalar).

@@ -352,7 +352,8 @@ def sparse_gated_mlp(
         w_gate_t: ``[d_model, d_ff]`` gate weight transposed.
         w_up: ``[d_ff, d_model]`` up weight as ``nn.Linear`` stores it (not transposed).
         w_down_t: ``[d_ff, d_model]`` down weight transposed.
-        act: ``"silu"``, ``"gelu_tanh"`` (``"gelu_pytorch_tanh"``) or ``"relu"``, or an :class:`Activation`.
+        act: ``"silu"``, ``"gelu_tanh"`` or ``"relu"`` (or any alias of theirs in :mod:`actlab.functions`),
+            or an :class:`Activation`.
         t_act, t_in, t_down: scalar or per-channel thresholds; ``None`` disables that mask.
         biases: optional ``(b_gate, b_up, b_down)``.
 
