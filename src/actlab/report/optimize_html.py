@@ -21,7 +21,7 @@ from actlab.report.plots import quality_curve
 
 _EXTRA_CSS = """
 .kpis{display:flex;flex-wrap:wrap;gap:.6rem;margin:.8rem 0}
-.kpi{border:1px solid #ddd;border-radius:6px;padding:.5rem .8rem;min-width:9rem}
+.kpi{border:1px solid #ddd;border-radius:6px;padding:.5rem .8rem;flex:1 1 0;min-width:10rem}
 .kpi b{display:block;font-size:1.35rem} .kpi span{color:#555;font-size:.8rem}
 .verdict{padding:.5rem .8rem;border-radius:6px;border-left:5px solid}
 .verdict.ok{background:#eef8ee;border-color:#3a3} .verdict.warn{background:#fff8e6;border-color:#e9a400}
@@ -51,6 +51,11 @@ def inc(pct_value: float | None, digits: int = 2) -> str:
 def interval(ci: list[float] | None, digits: int = 2) -> str:
     """A [lo, hi] interval in percent: ``interval([2.9, 5.6]) == '+2.90% to +5.60%'``."""
     return "-" if not ci else f"{inc(ci[0], digits)} to {inc(ci[1], digits)}"
+
+
+def _moved(pct_value: float) -> str:
+    """'rose +4.20%' or 'fell by 3.11%': a change in words that reads right either way."""
+    return f"rose {inc(pct_value)}" if pct_value >= 0 else f"fell by {-pct_value:.2f}%"
 
 
 def ratio(x: float | None) -> str:
@@ -111,16 +116,16 @@ def budget_verdict(summary: dict[str, Any]) -> tuple[str, str]:
     ch = _chosen_candidate(summary)
     if ch and ch["ppl_increase_pct_heldout"] > budget + 1e-9:
         return "bad", (f"No candidate met the +{budget:g}% budget even on held-out calibration text; the closest, "
-                       f"{_esc(summary['chosen'])}, rose {inc(ch['ppl_increase_pct_heldout'])} there and "
+                       f"{_esc(summary['chosen'])}, {_moved(ch['ppl_increase_pct_heldout'])} there and "
                        f"{inc(x)}{ci_txt} on the eval split. Ask for a lower sparsity or a larger budget.")
     if x > budget:
         held = f" (it met the budget on held-out calibration text: {inc(ch['ppl_increase_pct_heldout'])})" if ch else ""
-        return "bad", (f"Budget +{budget:g}% NOT held on the eval split: perplexity rose {inc(x)}{ci_txt}{held}. "
+        return "bad", (f"Budget +{budget:g}% NOT held on the eval split: perplexity {_moved(x)}{ci_txt}{held}. "
                        "Raise <code>--search-tokens</code> or ask for a smaller budget.")
     if ci and ci[1] > budget:
         return "warn", (f"Budget +{budget:g}% held on the eval split at the measured value ({inc(x)}), but the 95% "
                         f"interval reaches {inc(ci[1])}: on other text it may be exceeded.")
-    return "ok", f"Budget +{budget:g}% held on the eval split: perplexity rose {inc(x)}{ci_txt}."
+    return "ok", f"Budget +{budget:g}% held on the eval split: perplexity {_moved(x)}{ci_txt}."
 
 
 def _selection_note(summary: dict[str, Any]) -> str:
@@ -129,8 +134,8 @@ def _selection_note(summary: dict[str, Any]) -> str:
     parts = [f"Chosen: <b>{_esc(summary['chosen'])}</b>, {_esc(summary['why'])}"]
     if ch:
         ci = ch.get("heldout_ci_pct")
-        parts.append(f"; on held-out calibration text ({summary['search_tokens']:,} tokens) perplexity rose "
-                     f"{inc(ch['ppl_increase_pct_heldout'])}" + (f" (95% interval {interval(ci)})" if ci else ""))
+        parts.append(f"; on held-out calibration text ({summary['search_tokens']:,} tokens) perplexity "
+                     f"{_moved(ch['ppl_increase_pct_heldout'])}" + (f" (95% interval {interval(ci)})" if ci else ""))
     if b.get("method"):
         conf = b.get("confidence")
         level = (pct(conf, 0) if conf <= 1 else f"{conf:g}%") if conf else "confidence"
@@ -147,7 +152,7 @@ def headline(summary: dict[str, Any]) -> str:
         (pct(ev["sparsity_model_wide"]), "model-wide sparsity (measured, eval split)"),
         (pct(ev["bytes_skipped_frac"]), "weight bytes skipped per token"),
         (ratio(sp["speedup"]), f"decode speed vs dense, {_threads(sp['threads'])}"),
-        (inc(ev["ppl_increase_pct"]), "perplexity, eval split" + (f" (95%: {interval(ci)})" if ci else "")),
+        (inc(ev["ppl_increase_pct"]), "perplexity change, eval split" + (f" (95%: {interval(ci)})" if ci else "")),
     ]
     cls, verdict = budget_verdict(summary)
     return "\n".join([
@@ -210,9 +215,11 @@ def _curve(summary: dict[str, Any], candidates: list[Any], out_dir: Path) -> lis
         return []
     # the plotted numbers, machine-readable inside the page (no second file to lose)
     blob = json.dumps(data).replace("</", "<\\/")
+    probed = any(len(x["points"]) > 1 for x in data["series"])
     return ["<h2>Quality against sparsity</h2>",
-            "<p>Every probe of the quality search, per candidate; the star is the chosen plan on held-out "
-            "calibration text, the diamond the same plan measured on the eval split"
+            "<p>" + ("Every probe of the quality search, per candidate" if probed else "Each candidate's plan")
+            + "; the star is the chosen plan on held-out calibration text, the diamond the same plan measured on "
+            "the eval split"
             + (", with 95% intervals" if data["eval"]["ci_pct"] else "") + "; the dashed line is the "
             + ("budget" if data["budget_pct"] is not None else "sparsity target") + ".</p>",
             _img(path, "quality curve"),

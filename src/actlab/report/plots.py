@@ -178,6 +178,8 @@ def quality_curve(data: dict[str, Any], path: Path) -> Path | None:
         return None
     fig, axes = _figure(1, 1, (8, 4.2))
     ax = axes[0][0]
+    # the dense model is every curve's origin: it anchors the scale when a run made no probes
+    ax.plot([0.0], [0.0], marker="s", ms=6, color="gray", ls="none", label="dense")
     for s in series:
         ax.plot([p[0] for p in s["points"]], [p[1] for p in s["points"]], marker="o", ms=4, lw=1, label=s["label"])
     if data.get("budget_pct") is not None:
@@ -198,15 +200,18 @@ def quality_curve(data: dict[str, Any], path: Path) -> Path | None:
     # keep the chosen region readable: probes far above the budget would flatten everything else
     top = data.get("y_max_pct")
     if top is not None:
-        bottom = min([0.0] + [p[1] for s in series for p in s["points"]])
+        marked = [m for m in (ch, ev) if m]
+        bottom = min([0.0] + [p[1] for s in series for p in s["points"]]
+                     + [m["increase_pct"] for m in marked] + [m["ci_pct"][0] for m in marked if m.get("ci_pct")])
         ax.set_ylim(bottom - 0.05 * (top - bottom), top)
+    ax.set_xlim(-2.0, 102.0)
     _percent_axis(ax.xaxis, 100)
     _percent_axis(ax.yaxis, 100)
     ax.set_xlabel("model-wide sparsity (%)")
     ax.set_ylabel("perplexity increase (%)")
     ax.set_title("quality / sparsity: search probes on held-out calibration text")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="best")
     fig.savefig(path)
     return path
 
