@@ -7,9 +7,10 @@ import torch
 from sparsity_helpers import windows
 
 import actlab
-from actlab.sparsity.apply import MaskedAct, MaskedLinear, masked_modules, track_sparsity
+from actlab.sparsity.apply import OWNER, masked_modules, track_sparsity
 from actlab.sparsity.calibrate import prepare
 from actlab.sparsity.config import CatsConfig, CettConfig, ChessConfig, TealConfig, TopKConfig, WinaConfig
+from actlab.sparsity.fingerprint import model_fingerprint
 from actlab.sparsity.metrics import model_wide
 
 FAST = {"greedy_tokens": 64, "greedy_step": 0.1, "fisher_tokens": 64}
@@ -96,17 +97,48 @@ def test_measured_sparsity_within_two_points(llama, calib, prepared, config, tar
     assert measured == pytest.approx(target, abs=0.02)
 
 
-def test_wrappers_are_modules_around_the_originals(llama, prepared):
-    originals = {n: m for n, m in llama.named_modules()}
+def test_apply_leaves_every_module_in_place(llama, prepared):
+    originals = dict(llama.named_modules())
     actlab.apply_(llama, prepared[id(METHODS[4])].plan())  # chess: input and act entries
     try:
-        wrapped = dict(masked_modules(llama))
-        assert any(isinstance(m, MaskedAct) for m in wrapped.values())
-        assert any(isinstance(m, MaskedLinear) for m in wrapped.values())
-        for path, m in wrapped.items():
-            assert m.inner is originals[path]
+        hooked = dict(masked_modules(llama))
+        kinds = {m.entry.kind for m in hooked.values()}
+        assert kinds == {"input", "act"}
+        now = {n: m for n, m in llama.named_modules() if not n.startswith(OWNER)}
+        assert now.keys() == originals.keys()
+        assert all(now[n] is originals[n] for n in now)
+        assert any(n.endswith("act_fn") for n in hooked) and any(n.endswith("q_proj") for n in hooked)
+        for path in hooked:
+            module = llama.get_submodule(path)
+            assert module._forward_pre_hooks or module._forward_hooks
     finally:
         actlab.remove_(llama)
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in llama.modules())
+    assert dict(llama.named_modules()).keys() == originals.keys()
+
+
+def test_thresholds_are_in_the_state_dict_and_loading_others_changes_the_masks(llama, probe, prepared):
+    dense_keys = set(llama.state_dict())
+    fp = model_fingerprint(llama)
+    dense = _logits(llama, probe)
+    plan = prepared[id(METHODS[4])].plan()
+    actlab.apply_(llama, plan)
+    try:
+        assert model_fingerprint(llama) == fp  # buffers of an applied plan do not change the model's identity
+        state = {k: v.clone() for k, v in llama.state_dict().items()}  # state_dict() aliases the buffers
+        added = set(state) - dense_keys
+        assert added == {f"{OWNER}.masks.{e.key.replace('.', '_')}.threshold" for e in plan.entries}
+        for e in plan.entries:
+            assert torch.equal(state[f"{OWNER}.masks.{e.key.replace('.', '_')}.threshold"], e.threshold)
+        before = _logits(llama, probe)
+        # a checkpoint with zero thresholds is the dense model again; loading the plan's back restores the masks
+        llama.load_state_dict({k: torch.zeros_like(v) if k in added else v for k, v in state.items()})
+        assert torch.equal(_logits(llama, probe), dense)
+        llama.load_state_dict(state)
+        assert torch.equal(_logits(llama, probe), before)
+    finally:
+        actlab.remove_(llama)
+    assert set(llama.state_dict()) == dense_keys
 
 
 def test_applying_twice_is_refused(llama, prepared):

@@ -28,6 +28,7 @@ from torch import nn
 
 from actlab.activations.sites import Site, resolve_sites
 from actlab.models.adapters import Adapter
+from actlab.models.wrappers import unwrap
 
 #: ``fn(site, x)``: return a tensor to replace ``x`` (same shape), or ``None`` to only read it.
 SiteFn = Callable[[Site, torch.Tensor], "torch.Tensor | None"]
@@ -90,6 +91,53 @@ def _output_hook(site: Site, fn: SiteFn) -> Callable:
     return hook
 
 
+class SiteHooks:
+    """Hooks that call ``fn`` on some sites of a model, until :meth:`remove` (what :func:`attach` returns)."""
+
+    def __init__(self) -> None:
+        self.handles: list[torch.utils.hooks.RemovableHandle] = []
+        self.input_hooks: list[_InputSiteHook] = []
+
+    def remove(self) -> None:
+        """Take every hook off again (idempotent)."""
+        for handle in self.handles:
+            handle.remove()
+        for h in self.input_hooks:
+            h.clear()
+        self.handles, self.input_hooks = [], []
+
+
+def attach(model: nn.Module, sites: dict[str, Site], fn: SiteFn) -> SiteHooks:
+    """Hook ``fn`` on resolved ``sites`` of ``model`` until the returned hooks are removed.
+
+    The mechanism under :func:`capture` (which removes them when its block ends) and under the
+    masking path of ``actlab.apply_`` (whose owner removes them in ``actlab.remove_``). Prefer
+    :func:`capture` wherever the hooks can be scoped to a block: every ``attach`` needs an owner.
+    Module paths are those of the model inside any wrapper (see :func:`actlab.models.wrappers.unwrap`).
+
+    Example:
+        >>> hooks = attach(model, resolve_sites(model, "mlp.down_in"), lambda s, x: x * 0.5)  # doctest: +SKIP
+        >>> hooks.remove()                                                                  # doctest: +SKIP
+    """
+    root, _ = unwrap(model)
+    hooks = SiteHooks()
+    try:
+        for site in sites.values():
+            modules = [root.get_submodule(p) for p in site.module_paths]
+            if site.direction == "output":
+                hooks.handles.append(modules[0].register_forward_hook(_output_hook(site, fn)))
+                continue
+            h = _InputSiteHook(site, fn)
+            hooks.input_hooks.append(h)
+            hooks.handles.append(modules[0].register_forward_pre_hook(h.first, with_kwargs=True))
+            for m in modules[1:]:
+                hooks.handles.append(m.register_forward_pre_hook(h.follower, with_kwargs=True))
+    except BaseException:
+        hooks.remove()
+        raise
+    return hooks
+
+
 @contextmanager
 def capture(
     model: nn.Module,
@@ -100,7 +148,8 @@ def capture(
     """Hook ``sites`` of ``model`` for the duration of the ``with`` block.
 
     Args:
-        model: a model in the adapter table (or with ``adapter`` given).
+        model: a model in the adapter table (or with ``adapter`` given), possibly inside
+            ``torch.compile`` / DDP / PEFT wrappers.
         sites: glob pattern(s) over canonical names, already-resolved sites, or ``None`` for all.
         fn: called as ``fn(site, x)`` on every forward; return a tensor to replace ``x`` or
             ``None`` to leave it. Without ``fn`` the last tensor of each site is stored
@@ -122,22 +171,8 @@ def capture(
         def fn(site: Site, x: torch.Tensor) -> None:
             cap.tensors[site.name] = x.detach()
 
-    handles: list[torch.utils.hooks.RemovableHandle] = []
-    input_hooks: list[_InputSiteHook] = []
+    hooks = attach(model, resolved, fn)
     try:
-        for site in resolved.values():
-            modules = [model.get_submodule(p) for p in site.module_paths]
-            if site.direction == "output":
-                handles.append(modules[0].register_forward_hook(_output_hook(site, fn)))
-                continue
-            h = _InputSiteHook(site, fn)
-            input_hooks.append(h)
-            handles.append(modules[0].register_forward_pre_hook(h.first, with_kwargs=True))
-            for m in modules[1:]:
-                handles.append(m.register_forward_pre_hook(h.follower, with_kwargs=True))
         yield cap
     finally:
-        for handle in handles:
-            handle.remove()
-        for h in input_hooks:
-            h.clear()
+        hooks.remove()

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from actlab.models.adapters import Adapter, get_adapter
+from actlab.models.wrappers import unwrap
 
 
 class SiteError(ValueError):
@@ -147,7 +148,7 @@ def _layer_sites(i: int, prefix: str, ad: Adapter) -> list[Site]:
 def num_layers(model: nn.Module, adapter: Adapter | dict | None = None) -> int:
     """Number of transformer layers, read from the adapter's layer list."""
     ad = get_adapter(model, adapter)
-    return len(model.get_submodule(ad.layers))
+    return len(unwrap(model)[0].get_submodule(ad.layers))
 
 
 def resolve_sites(
@@ -178,6 +179,7 @@ def resolve_sites(
         ['layers.0.mlp.down_in', 'layers.1.mlp.down_in']
     """
     ad = get_adapter(model, adapter)
+    model = unwrap(model)[0]  # paths are those of the HF model inside torch.compile/DDP/PEFT
     try:
         layers = model.get_submodule(ad.layers)
     except AttributeError as e:

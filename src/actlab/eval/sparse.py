@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from actlab.errors import ActlabError
+from actlab.models.wrappers import unwrap
 from actlab.sparsity.apply import apply_, check_plan, dense_prefix, remove_, track_sparsity
 from actlab.sparsity.metrics import plan_metrics
 from actlab.sparsity.plan import SparsityPlan
@@ -60,6 +61,7 @@ class SparseEvalResult:
 
 def measured_metrics(model: nn.Module, plan: SparsityPlan, dropped: dict[str, float]) -> dict[str, float]:
     """Plan metrics from per-module measured drop fractions (``track_sparsity`` output)."""
+    model = unwrap(model)[0]  # plan paths are those of the model inside torch.compile/DDP/PEFT
     items = []
     for e in plan.entries:
         vals = [dropped[m] for m in e.modules if m in dropped]

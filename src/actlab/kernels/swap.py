@@ -102,6 +102,13 @@ def _is_plain_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear)
 
 
+def _kernel(entry: Any) -> str | None:
+    """What an entry becomes here, from the one table of entry kinds (``actlab.sparsity.kinds``)."""
+    from actlab.sparsity.kinds import entry_kind
+
+    return entry_kind(entry.kind).kernel
+
+
 def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
     """Swap kernel modules in for ``plan``'s entries; returns the entries left for the masking path.
 
@@ -116,7 +123,7 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
         prefix = f"{adapter.layers}.{layer}"
         gate_up = tuple(f"{prefix}.{p}" for p in adapter.mlp_in)
         down = f"{prefix}.{adapter.down}"
-        act_entries = [e for e in entries if e.kind == "act"]
+        act_entries = [e for e in entries if _kernel(e) == "gated_mlp"]
         if act_entries and (adapter.fused_gate_up or not adapter.gated or len(gate_up) != 2):
             _warn(
                 f"layer {layer}: the fused gated-MLP kernel needs separate gate and up projections; masking instead"
@@ -128,14 +135,14 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
             leftover += act_entries
             act_entries = []
         if act_entries:
-            mlp_entries = [e for e in entries if e.kind == "input" and set(e.consumers) <= {*gate_up, down}]
+            mlp_entries = [e for e in entries if _kernel(e) == "linear" and set(e.consumers) <= {*gate_up, down}]
             if _mlp_kernel(model, act_entries[0], mlp_entries, gate_up, down, act):
                 entries = [e for e in entries if e not in act_entries and e not in mlp_entries]
             else:
                 leftover += act_entries
                 entries = [e for e in entries if e not in act_entries]
         for e in entries:
-            if e.kind != "input":
+            if _kernel(e) != "linear":
                 leftover.append(e)
                 continue
             layers = [model.get_submodule(p) for p in e.consumers]
@@ -150,7 +157,7 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
             group = _Group(fused, list(e.consumers))
             for i, path in enumerate(e.consumers):
                 _set(model, path, FusedMember(group, i))
-    if any(e.kind == "topk" for e in leftover):
+    if any(_kernel(e) is None for e in leftover):
         _warn(
             "top-k entries select per token, not by threshold: they run on the masking path, not the kernels"
         )

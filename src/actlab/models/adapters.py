@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from actlab.functions.table import ActivationFunction, UnknownActivationError, get_function, lookup_module
+from actlab.models.wrappers import base_layer, unwrap
 
 
 class UnknownArchitectureError(ValueError):
@@ -180,7 +181,7 @@ def get_adapter(model_or_type: nn.Module | str, adapter: Adapter | dict | None =
     if isinstance(model_or_type, str):
         model_type = model_or_type
     else:
-        model_type = getattr(getattr(model_or_type, "config", None), "model_type", None)
+        model_type = getattr(getattr(unwrap(model_or_type)[0], "config", None), "model_type", None)
     if model_type not in ADAPTERS:
         raise UnknownArchitectureError(
             f"unknown architecture {model_type!r}: supported are {', '.join(sorted(ADAPTERS))}; {_HOW_TO_ADD}"
@@ -246,6 +247,7 @@ def act_function(model: nn.Module, layer: int, adapter: Adapter | None = None) -
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
     """The weight of a linear-like module as ``[out, in]`` (GPT-2's ``Conv1D`` stores ``[in, out]``)."""
+    module = base_layer(module)  # a PEFT LoRA layer reads its base layer's weight
     weight = module.weight
     if type(module).__name__ == "Conv1D":
         return weight.t()

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from actlab.models.adapters import get_adapter, linear_weight
+from actlab.models.wrappers import base_layer, unwrap
 from actlab.sparsity.groups import sparsifiable_linears
 
 #: values hashed per tensor
@@ -34,6 +35,7 @@ def _sample(t: torch.Tensor) -> bytes:
 def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     """Architecture, layer count, shapes of the sparsifiable linears and a sha256 of a weight sample."""
     ad = get_adapter(model)
+    model = unwrap(model)[0]  # the same plan fits the model inside torch.compile/DDP/PEFT
     h = hashlib.sha256()
     linears = {}
     for path in sparsifiable_linears(model):
@@ -55,8 +57,12 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
 
 
 def _unwrapped(module: nn.Module) -> nn.Module:
-    """The original linear inside a masking wrapper (fingerprints must not change once a plan is applied)."""
-    return getattr(module, "inner", module)
+    """The original linear inside a PEFT LoRA layer (a fine-tune's adapters do not change the base model).
+
+    An applied plan changes no module (masks are hooks, thresholds buffers of their own module), so the
+    fingerprint is the same before and after ``apply_``.
+    """
+    return base_layer(module)
 
 
 def fingerprint_mismatch(expected: dict[str, Any], actual: dict[str, Any]) -> str | None:
