@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from actlab.outputs import claims_output
+
 #: candidate methods tried by ``method="auto"``: (label, config dict)
 AUTO_CANDIDATES: tuple[dict[str, Any], ...] = (
     {"method": "teal", "allocation": "global"},
@@ -61,6 +63,7 @@ def _calibrate_candidate(net: Any, cfg: dict[str, Any], calib: Any, heldout: Any
                      100.0 * (ppl / ppl_dense - 1.0), trace)
 
 
+@claims_output(expect=("plan", "report.html", "summary.json"))  # locked from the first check to the last write
 def optimize(
     model: str = "smollm2-135m",
     out: str | os.PathLike = "runs/optimize",
@@ -76,6 +79,7 @@ def optimize(
     new_tokens: int = 64,
     threads: int | None = None,
     reps: int = 3,
+    overwrite: bool = False,
     step: Callable[[str], None] = lambda msg: None,
 ) -> dict[str, Any]:
     """Find, check and measure a sparsity plan for ``model``; write ``out``/{plan/, report.html, summary.json}.
@@ -84,6 +88,8 @@ def optimize(
         max_ppl_increase: quality budget in percent (the sparsest plan within it), or
         sparsity: a model-wide sparsity target (the best-quality plan at it). One of the two.
         method: ``auto`` tries :data:`AUTO_CANDIDATES` and keeps the best; or one method name.
+        overwrite: replace actlab's own earlier outputs in ``out`` (files it did not write are never touched;
+            see :mod:`actlab.outputs`). ``out`` is locked against other runs for the whole call.
 
     Returns:
         The summary (also written as ``summary.json``).
@@ -105,7 +111,7 @@ def optimize(
     run_log, step = RunLog.start(locals(), step)  # the report's Run section: arguments, load, time per stage
     if (max_ppl_increase is None) == (sparsity is None):
         raise actlab.PlanError("give exactly one of max_ppl_increase or sparsity")
-    out = check_writable(out)
+    out = check_writable(out, overwrite=overwrite)
     corpus = actlab.load_corpus(data)
     net, tok = actlab.load_model(model)
     preflight(net, out)  # every later stage's cheapest call, before minutes of profiling
@@ -152,7 +158,7 @@ def optimize(
         "report": str(out / "report.html"),
         "run": run_log.finish(),
     }
-    with staged_output(out) as tmp:
+    with staged_output(out, overwrite=overwrite) as tmp:
         best.plan.save(tmp / "plan")
         images = {"density_by_layer": density_by_layer(prof, tmp / "density_by_layer.png"),
                   "histograms": histograms(prof, tmp / "histograms.png")}

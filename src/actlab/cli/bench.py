@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from actlab.cli import checks
 from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
 
 
@@ -40,8 +41,15 @@ def bench(
         fail("give exactly one of --plan DIR or --method NAME --sparsity S")
     if method is not None and sparsity is None:
         fail("--method needs --sparsity")
-    if new_tokens < 2 or prompt_tokens < 1 or reps < 1 or threads < 1:
-        fail("--new-tokens must be >= 2 and --prompt-tokens, --reps, --threads >= 1")
+    checks.at_least("--new-tokens", new_tokens, 2)
+    checks.at_least("--prompt-tokens", prompt_tokens, 1)
+    checks.at_least("--reps", reps, 1)
+    checks.at_least("--warmup", warmup, 0)
+    checks.at_least("--threads", threads, 1)
+    checks.at_least("--calib-tokens", calib_tokens, 1)
+    checks.fraction("--sparsity", sparsity)
+    checks.plan_dir(plan)
+    checks.corpus(data)
     with cli_errors():
         import actlab
         from actlab.data.windows import make_windows

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from actlab.cli import checks
 from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
 
 METHODS_HELP = (
@@ -31,6 +32,7 @@ def calibrate(
     seq_len: int = typer.Option(256, "--seq-len", "-L", help="Tokens per window."),
     out: Path = typer.Option(..., "--out", "-o", help="Plan directory to write (plan.json + thresholds.safetensors)."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=checks.OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Calibrate a sparsification method on a model and write the plan.
@@ -46,18 +48,24 @@ def calibrate(
     """
     if (sparsity is None) == (max_ppl_increase is None) and not (method == "cett" and cett is not None):
         fail("give exactly one of --sparsity or --max-ppl-increase (for --method cett: --cett or --max-ppl-increase)")
-    if tokens <= 0 or search_tokens <= 0:
-        fail("--tokens and --search-tokens must be positive")
-    if seq_len < 2:
-        fail(f"--seq-len must be at least 2, got {seq_len}")
+    checks.at_least("--tokens", tokens, 1)
+    checks.at_least("--search-tokens", search_tokens, 1)
+    checks.at_least("--seq-len", seq_len, 2)
+    checks.at_least("--threads", threads, 0)
+    checks.fraction("--sparsity", sparsity)
+    checks.non_negative("--max-ppl-increase", max_ppl_increase)
+    checks.fraction("--cett", cett)
+    checks.corpus(data)
     with cli_errors():
+        config = _config(method, sparsity, cett, allocation, sites or [], rotate or [])
+    checks.out_dir(out, overwrite, ("plan.json", "thresholds.safetensors"))
+    from actlab.outputs import claim_output
+
+    with cli_errors(), claim_output(out, overwrite):  # locked from here to the plan's last byte
         import torch
 
         import actlab
-        from actlab.outputs import check_writable
 
-        check_writable(out)
-        config = _config(method, sparsity, cett, allocation, sites or [], rotate or [])
         if threads > 0:
             torch.set_num_threads(threads)
         quiet_libraries()
@@ -80,7 +88,7 @@ def calibrate(
                 plan = result.plan
         plan.calibration.update({"model": model, "data": data, "corpus_fingerprint": corpus.fingerprint,
                                  "split": "calib", "search_tokens": int(heldout.numel()) if result else 0})
-        plan.save(out)
+        plan.save(out, overwrite=overwrite)
     summary: dict[str, Any] = {
         "plan": str(out),
         "method": plan.method,

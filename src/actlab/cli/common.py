@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -24,16 +25,27 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def print_json(obj: Any) -> None:
-    """Print one JSON object on stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Print one JSON object on stdout; NaN and ±inf become null, so the output is always valid JSON."""
+    sys.stdout.write(json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(v: Any) -> Any:
+    """``v`` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def _json_default(o: Any) -> Any:
     if hasattr(o, "item"):
-        return o.item()
+        return _finite(o.item())
     if hasattr(o, "tolist"):
-        return o.tolist()
+        return _finite(o.tolist())
     return str(o)
 
 

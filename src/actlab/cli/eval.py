@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
+from actlab.cli import checks
+from actlab.cli.common import cli_errors, console, print_json, quiet_libraries
 
 
 def eval(  # noqa: A001  (the command is called eval)
@@ -30,10 +31,12 @@ def eval(  # noqa: A001  (the command is called eval)
 
         actlab eval --plan plans/teal50 --tokens 16384 --json
     """
-    if tokens <= 0:
-        fail(f"--tokens must be positive, got {tokens}")
-    if seq_len < 2:
-        fail(f"--seq-len must be at least 2, got {seq_len}")
+    checks.at_least("--tokens", tokens, 1)
+    checks.at_least("--seq-len", seq_len, 2)
+    checks.at_least("--batch-size", batch_size, 1)
+    checks.at_least("--threads", threads, 0)
+    checks.plan_dir(plan)
+    checks.corpus(data)
     with cli_errors():
         import torch
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from actlab.cli import checks
 from actlab.cli.common import cli_errors, fail, print_json, quiet_libraries
 
 
@@ -28,8 +29,12 @@ def generate(
 
         actlab generate --plan plans/teal40 "The history of the Python language"
     """
-    if max_new_tokens <= 0:
-        fail(f"--max-new-tokens must be positive, got {max_new_tokens}")
+    checks.at_least("--max-new-tokens", max_new_tokens, 1)
+    if sample:
+        checks.positive("--temperature", temperature)
+    if not 0 <= seed < 2**63:
+        fail(f"--seed must be in [0, 2**63), got {seed}")
+    checks.plan_dir(plan)
     with cli_errors():
         import torch
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from actlab.cli import checks
 from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
 
 
@@ -22,6 +23,7 @@ def optimize(
     new_tokens: int = typer.Option(64, "--new-tokens", help="Tokens decoded per speed measurement."),
     threads: int = typer.Option(2, "--threads", "-t", help="Threads for torch and the kernels."),
     out: Path = typer.Option(Path("runs/optimize"), "--out", "-o", help="Output directory: plan/, report.html, summary.json."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=checks.OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON on stdout."),
 ) -> None:
     """Profile, calibrate (choosing the method), evaluate and benchmark; write the plan and one report.
@@ -34,15 +36,27 @@ def optimize(
         fail("give one of --max-ppl-increase or --sparsity, not both")
     if max_ppl_increase is None and sparsity is None:
         max_ppl_increase = 5.0
-    if min(calib_tokens, search_tokens, eval_tokens) <= 0 or seq_len < 2 or threads < 1:
-        fail("token counts must be positive, --seq-len >= 2 and --threads >= 1")
+    for name, value in (("--calib-tokens", calib_tokens), ("--search-tokens", search_tokens),
+                        ("--eval-tokens", eval_tokens)):
+        checks.at_least(name, value, 1)
+    checks.at_least("--seq-len", seq_len, 2)
+    checks.at_least("--new-tokens", new_tokens, 2)
+    checks.at_least("--threads", threads, 1)
+    checks.fraction("--sparsity", sparsity)
+    checks.non_negative("--max-ppl-increase", max_ppl_increase)
+    from actlab.sparsity.config import CONFIGS
+
+    if method != "auto" and method not in CONFIGS:
+        fail(f"unknown sparsification method {method!r}; use auto or one of {', '.join(sorted(CONFIGS))}")
+    checks.corpus(data)
+    checks.out_dir(out, overwrite, ("plan", "report.html", "summary.json"))
     with cli_errors():
         from actlab.optimize import optimize as run
 
         quiet_libraries()
         summary = run(model=model, out=out, max_ppl_increase=max_ppl_increase, sparsity=sparsity, method=method,
                       data=data, calib_tokens=calib_tokens, search_tokens=search_tokens, eval_tokens=eval_tokens,
-                      seq_len=seq_len, new_tokens=new_tokens, threads=threads,
+                      seq_len=seq_len, new_tokens=new_tokens, threads=threads, overwrite=overwrite,
                       step=lambda msg: console.print(f"· {msg}", highlight=False))
     ev = summary["eval"]
     console.print(

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
+from actlab.cli import checks
+from actlab.cli.common import cli_errors, console, print_json, quiet_libraries
 
 
 def profile(
@@ -21,6 +22,7 @@ def profile(
     massive_abs: float = typer.Option(100.0, "--massive-abs", help="Massive activation: |x| at least this..."),
     massive_ratio: float = typer.Option(1000.0, "--massive-ratio", help="...and at least this many times the site's median |x|."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=checks.OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Profile activations at every canonical site and write a report.
@@ -33,17 +35,18 @@ def profile(
 
         actlab profile --model smollm2-135m --tokens 16384 --out runs/smollm2
     """
-    if tokens <= 0:
-        fail(f"--tokens must be positive, got {tokens}")
-    if seq_len <= 1:
-        fail(f"--seq-len must be at least 2, got {seq_len}")
+    checks.at_least("--tokens", tokens, 1)
+    checks.at_least("--seq-len", seq_len, 2)
+    checks.at_least("--batch-size", batch_size, 1)
+    checks.non_negative("--massive-abs", massive_abs)
+    checks.positive("--massive-ratio", massive_ratio)
+    checks.at_least("--threads", threads, 0)
+    checks.corpus(data)
+    checks.out_dir(out, overwrite, ("profile.json", "report.html"))
     # Profiling runs ~25 small parallel ops per site; OpenMP threads spinning between them cost
     # 2-3x on a busy machine. Only effective before torch loads, which this command does lazily.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with cli_errors():
-        from actlab.outputs import check_writable
-
-        check_writable(out)  # before minutes of work, not after
         import torch
 
         from actlab.activations.massive import MassiveConfig
@@ -55,6 +58,7 @@ def profile(
         result = profile_report(
             model=model, data=data, tokens=tokens, seq_len=seq_len, out=out, sites=sites or None,
             batch_size=batch_size, massive=MassiveConfig(abs_threshold=massive_abs, ratio=massive_ratio),
+            overwrite=overwrite,
         )
     console.print(f"report: [bold]{result['report']}[/]  data: {result['profile']}", highlight=False)
     if json_out:

@@ -41,6 +41,23 @@ def _drop_empty(corpus: Corpus, spec: str) -> Corpus:
     return Corpus(corpus.name, docs, text_fingerprint(docs), corpus.meta)
 
 
+def check_corpus_spec(spec: str | Path | None) -> None:
+    """Fail fast, reading nothing: a spec naming a local path must point at something that exists.
+
+    Commands call it before loading a model, so a typo in ``--data`` costs no minutes. Raises `CorpusError`.
+
+    Example:
+        >>> check_corpus_spec("default")
+    """
+    if spec is None or (isinstance(spec, str) and (spec.strip() == DEFAULT_SPEC or spec.strip().startswith("hf:"))):
+        return
+    text = str(spec).strip()
+    path = Path(text).expanduser()
+    with_field = _split_jsonl_field(text) if not path.exists() and isinstance(spec, str) else None
+    if not path.exists() and (with_field is None or not with_field[0].exists()):
+        raise CorpusError(f"corpus {text!r} does not exist; {_FORMS}")
+
+
 def load_corpus(spec: str | Path | None = None, field: str | None = None) -> Corpus:
     """Load a corpus from a spec string or path (forms in the module docstring).
 
@@ -79,4 +96,4 @@ def load_corpus(spec: str | Path | None = None, field: str | None = None) -> Cor
     return _drop_empty(corpus, text)
 
 
-__all__ = ["Corpus", "CorpusError", "CorpusWarning", "load_corpus", "DEFAULT_SPEC"]
+__all__ = ["Corpus", "CorpusError", "CorpusWarning", "check_corpus_spec", "load_corpus", "DEFAULT_SPEC"]

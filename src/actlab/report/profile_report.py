@@ -16,7 +16,7 @@ from typing import Any
 
 from actlab.activations.massive import MassiveConfig
 from actlab.activations.stats import StatsConfig
-from actlab.outputs import staged_output, write_json_atomic
+from actlab.outputs import claims_output, staged_output, write_json_atomic
 
 #: the ε whose density the summary and the per-layer table show
 REPORT_EPS = 0.01
@@ -51,6 +51,7 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@claims_output(expect=("profile.json", "report.html"))  # locked from the first check to the last write
 def profile_report(
     model: str = "smollm2-135m",
     data: str = "default",
@@ -62,10 +63,12 @@ def profile_report(
     massive: MassiveConfig | None = None,
     stats: StatsConfig | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Profile ``model`` on ``tokens`` tokens of ``data`` and write ``out``/{profile.json, report.html, *.png}.
 
-    Nothing appears in ``out`` unless everything succeeded. Returns the ``--json`` summary with
+    Nothing appears in ``out`` unless everything succeeded. A non-empty ``out`` needs ``overwrite=True``, which
+    replaces only actlab's own earlier outputs (see :mod:`actlab.outputs`). Returns the ``--json`` summary with
     the paths of the report and the JSON.
     """
     import torch
@@ -94,7 +97,7 @@ def profile_report(
         threads=torch.get_num_threads(),
     )
     doc["report_eps"] = _nearest_key(next(iter(doc["sites"].values()))["density"], REPORT_EPS)
-    with staged_output(out) as tmp:
+    with staged_output(out, overwrite=overwrite) as tmp:
         write_json_atomic(tmp / "profile.json", doc)
         images = draw_all(doc, tmp)
         (tmp / "report.html").write_text(render_profile(doc, images), encoding="utf-8")
