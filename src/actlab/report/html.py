@@ -27,6 +27,13 @@ def _esc(x: Any) -> str:
     return html.escape(str(x))
 
 
+def pct(frac: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage, the one unit reports show fractions in: ``pct(0.394) == '39.4%'``."""
+    if frac is None or frac != frac:  # not measured, or NaN
+        return "-"
+    return f"{100.0 * frac:.{digits}f}%"
+
+
 def _fmt(x: Any) -> str:
     if isinstance(x, float):
         return f"{x:.4g}"
@@ -65,10 +72,10 @@ def _site_kind_summary(profile: dict) -> str:
         n = len(ss)
         rows.append(
             [kind, n]
-            + [sum(s["density"][e] for s in ss) / n for e in eps_keys]
+            + [pct(sum(s["density"][e] for s in ss) / n) for e in eps_keys]
             + [_mean(s["kurtosis"] for s in ss), max((s["absmax"] or 0.0) for s in ss)]
         )
-    header = ["site", "layers"] + [f"density |x|>{float(e):.3g}" for e in eps_keys] + ["mean kurtosis", "max |x|"]
+    header = ["site", "layers"] + [f"density |x| > {float(e):.3g}" for e in eps_keys] + ["mean kurtosis", "max |x|"]
     return _table(header, rows)
 
 
@@ -78,7 +85,7 @@ def _per_layer_table(profile: dict) -> str:
     by = {(s["layer"], s["kind"]): s for s in profile["sites"].values()}
     rows = []
     for layer in range(profile["num_layers"]):
-        rows.append([layer] + [by[(layer, k)]["density"].get(eps, float("nan")) if (layer, k) in by else "" for k in kinds])
+        rows.append([layer] + [pct(by[(layer, k)]["density"].get(eps)) if (layer, k) in by else "" for k in kinds])
     return _table(["layer"] + kinds, rows)
 
 
@@ -99,13 +106,14 @@ def _massive_table(profile: dict, limit: int = 40) -> str:
 
 def _neuron_table(profile: dict) -> str:
     rows = [
-        [name, n["channels"], n["dead"], n["cold"], n["hot"], n["top_share"]]
+        [name, n["channels"], n["dead"], n["cold"], n["hot"], pct(n["top_share"])]
         for name, n in profile["neurons"].items()
     ]
     cfg = profile["stats_config"]
     first = next(iter(profile["neurons"].values()), {"eps": 0, "top_frac": cfg.get("top_frac", 0.2)})
     return f"<p>A neuron is active on a token when |x| &gt; {first['eps']:g}.</p>" + _table(
-        ["site", "neurons", "dead", f"cold (<{cfg['cold_freq']:g})", f"hot (>{cfg['hot_freq']:g})",
+        ["site", "neurons", "dead", f"cold (active on < {100 * cfg['cold_freq']:g}% of tokens)",
+         f"hot (> {100 * cfg['hot_freq']:g}%)",
          f"share of activations in top {first['top_frac']:.0%}"],
         rows,
     )
@@ -124,7 +132,7 @@ def render_profile(profile: dict, images: dict[str, Path]) -> str:
         f"seq-len {profile['seq_len']}) · {profile['timing']['tokens_per_s']:.0f} tokens/s · actlab "
         f"{_esc(profile['actlab_version'])}</p>",
         "<h2>Summary by site</h2>",
-        "<p>Density is the fraction of entries with |x| above ε (ε = 0: the fraction of non-zeros, the Lazy "
+        "<p>Density is the share of entries with |x| above ε, in percent (ε = 0: the share of non-zeros, the Lazy "
         "Neuron number). Kurtosis is the excess kurtosis of all entries of a site (0 for a Gaussian).</p>",
         _site_kind_summary(profile),
     ]

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from actlab.report.html import _CSS, _esc, _img, _table
+from actlab.report.html import _CSS, _esc, _img, _table, pct
 from actlab.report.optimize_next import busy_note, run_section, what_next
 from actlab.report.plots import quality_curve
 
@@ -36,11 +36,6 @@ _RULES = {
     "t-windows": "the upper end of the {level} interval over held-out windows must be within the budget",
     "point": "the measured held-out increase must be within the budget (no margin)",
 }
-
-
-def pct(frac: float | None, digits: int = 1) -> str:
-    """A fraction as a percentage: ``pct(0.394) == '39.4%'``."""
-    return "-" if frac is None else f"{100.0 * frac:.{digits}f}%"
 
 
 def inc(pct_value: float | None, digits: int = 2) -> str:
