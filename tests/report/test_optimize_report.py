@@ -51,11 +51,12 @@ def test_budget_verdict_follows_the_numbers(summary_factory, overrides, interval
         assert "Budget +5% held" not in sentence
 
 
-def test_no_candidate_within_budget_is_not_called_held(summary_factory):
+def test_no_candidate_within_budget_is_not_called_held(tmp_path, summary_factory, candidates_factory):
     s = summary_factory(ppl_increase_pct=4.0)
     s["candidates"][0]["ppl_increase_pct_heldout"] = 9.0
     cls, sentence = budget_verdict(s)
     assert cls == "bad" and "No candidate met" in sentence
+    assert "within" not in _headline(_render(s, candidates_factory(s), tmp_path))
 
 
 def test_sparsity_target_makes_no_budget_claim(tmp_path, summary_factory, candidates_factory):

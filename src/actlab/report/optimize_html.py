@@ -126,7 +126,11 @@ def budget_verdict(summary: dict[str, Any]) -> tuple[str, str]:
 def _selection_note(summary: dict[str, Any]) -> str:
     """How the plan was chosen (on the held-out calibration text), with its interval when recorded."""
     ch, b = _chosen_candidate(summary), summary.get("budget") or {}
-    parts = [f"Chosen: <b>{_esc(summary['chosen'])}</b>, {_esc(summary['why'])}"]
+    budget = _budget(summary)
+    missed = ch and budget is not None and ch["ppl_increase_pct_heldout"] > budget + 1e-9
+    # a "within +P%" reason would contradict the verdict above when no candidate met the budget
+    why = "the closest to the budget: no candidate met it" if missed else summary["why"]
+    parts = [f"Chosen: <b>{_esc(summary['chosen'])}</b>, {_esc(why)}"]
     if ch:
         ci = ch.get("heldout_ci_pct")
         parts.append(f"; on held-out calibration text ({summary['search_tokens']:,} tokens) perplexity "
