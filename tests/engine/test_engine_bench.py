@@ -147,3 +147,59 @@ def test_sparse_variant_swaps_modules_on_the_same_model_and_restores_it(tiny_lla
     assert torch.equal(seen["dense"][0], seen["dense"][1]) and torch.equal(seen["sparse"][0], seen["sparse"][1])
     assert not torch.equal(seen["dense"][0], seen["sparse"][0])
     assert r.medians["dense"] > 0 and r.medians["sparse"] > 0
+
+
+@pytest.fixture(scope="module")
+def calib_and_eval():
+    """A tiny random Llama (shared: plans are calibrated on it, never left applied) and its windows."""
+    from actlab.data.windows import make_windows
+
+    model, tok = actlab.load_model("random:tiny-llama")
+    corpus = actlab.load_corpus("default")
+    return model, make_windows(corpus, tok, 64, 1024, split="calib"), make_windows(corpus, tok, 64, 1024, split="eval")
+
+
+@pytest.mark.parametrize("method", ["teal", "wina", "chess", "cats", "topk", "cett"])
+def test_every_method_is_calibrated_at_the_asked_sparsity(method, calib_and_eval):
+    from actlab.engine.plan_bench import calibrate_at_sparsity
+    from actlab.eval.sparse import evaluate_plan
+    from actlab.sparsity.config import method_names
+
+    assert sorted(method_names()) == sorted(["teal", "wina", "chess", "cats", "topk", "cett"])  # a new one: add it
+    model, calib, heldout = calib_and_eval
+    for target in (0.1, 0.2) if method == "cett" else (0.15,):  # cett's knob is searched: two targets
+        plan = calibrate_at_sparsity(model, method, target, calib)
+        assert plan.method == method
+        assert abs(plan.metrics["sparsity_model_wide"] - target) <= 0.01
+        measured = evaluate_plan(model, plan, heldout).sparsity_model_wide  # on text calibration never saw
+        assert abs(measured - target) < 0.03, (method, target, measured)
+
+
+def test_a_target_a_method_cannot_reach_is_refused(calib_and_eval):
+    from actlab.engine.plan_bench import calibrate_at_sparsity
+    from actlab.sparsity.errors import PlanError
+
+    model, calib, _ = calib_and_eval
+    with pytest.raises(PlanError, match="cett reaches at most"):  # the down projections are 22% of the weights
+        calibrate_at_sparsity(model, "cett", 0.5, calib)
+    with pytest.raises(PlanError, match="cannot reach"):
+        calibrate_at_sparsity(model, "cats", 0.5, calib)
+
+
+def test_bench_cli_calibrates_cett_at_the_asked_sparsity(tmp_path):
+    """The reported bug: ``--method cett --sparsity S`` ran CETT's default target whatever S was."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from actlab.cli.main import app
+
+    text = tmp_path / "text.txt"
+    words = "sparse activations make decoding faster when kernels skip the zeros of each token".split()
+    text.write_text(" ".join(words[(i * 7) % len(words)] for i in range(6000)))
+    args = ["bench", "--model", "random:tiny-llama", "--data", str(text), "--method", "cett", "--sparsity", "0.12", "--calib-tokens",
+            "1024", "--new-tokens", "3", "--reps", "1", "--warmup", "0", "--no-hf", "--threads", "1", "--json"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout[res.stdout.index("{"):])
+    assert out["method"] == "cett" and abs(out["sparsity_model_wide"] - 0.12) <= 0.01

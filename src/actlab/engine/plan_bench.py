@@ -31,6 +31,68 @@ def kept_fractions(plan: Any) -> dict[str, float]:
     return {path: 1.0 - s for path, s in skipped.items()}
 
 
+def calibrate_at_sparsity(
+    model: nn.Module,
+    method: str,
+    sparsity: float,
+    windows: torch.Tensor | None,
+    *,
+    tol: float = 0.005,
+    progress: Any = None,
+    **fields: Any,
+) -> Any:
+    """The plan of ``method`` calibrated at model-wide ``sparsity``, the target given in the method's terms.
+
+    A method whose search knob is the sparsity itself (teal, wina, chess, cats; top-k, whose
+    ``k = round((1 - sparsity) * in)``) takes the target as its config's ``sparsity``. A method with
+    another knob (cett: a CETT target per layer) is calibrated once and its knob bisected until the
+    calibration's ``sparsity_model_wide`` is within ``tol`` of the target (the plan records the knob found).
+
+    Args:
+        fields: other config fields (``allocation="global"``...).
+
+    Raises:
+        PlanError: an unknown method or field, or a target the method cannot reach on this model (cett and
+            cats cover only part of the linears).
+
+    Example:
+        >>> plan = calibrate_at_sparsity(model, "cett", 0.15, calib)               # doctest: +SKIP
+        >>> round(plan.metrics["sparsity_model_wide"], 2), plan.config.cett         # doctest: +SKIP
+        (0.15, 0.0912)
+    """
+    from actlab.sparsity.calibrate import prepare
+    from actlab.sparsity.config import CONFIGS, config_from_dict
+    from actlab.sparsity.errors import PlanError
+
+    cls = CONFIGS.get(method)
+    if cls is None or cls.knob == "sparsity":
+        return prepare(model, config_from_dict({"method": method, "sparsity": sparsity, **fields}), windows,
+                       progress).plan()
+    if not 0.0 <= sparsity < 1.0:
+        raise PlanError(f"{method}: sparsity must be in [0, 1), got {sparsity}")
+    prepared = prepare(model, config_from_dict({"method": method, **fields}), windows, progress)
+
+    def reached(plan: Any) -> float:
+        return float(plan.metrics["sparsity_model_wide"])
+
+    lo, hi = 0.0, prepared.max_knob()
+    best = top = prepared.plan(hi)
+    if reached(top) < sparsity - tol:
+        raise PlanError(
+            f"{method} reaches at most {reached(top):.1%} model-wide sparsity on this model ({cls.knob} = {hi:g}: "
+            f"it sparsifies only some of the linears); ask for at most that, or use another method"
+        )
+    for _ in range(30):  # sparsity grows with the knob
+        if abs(reached(best) - sparsity) <= tol:
+            break
+        mid = (lo + hi) / 2
+        plan = prepared.plan(mid)
+        if abs(reached(plan) - sparsity) < abs(reached(best) - sparsity):
+            best = plan
+        lo, hi = (mid, hi) if reached(plan) < sparsity else (lo, mid)
+    return best
+
+
 @contextlib.contextmanager
 def kernels_applied(model: nn.Module, plan: Any) -> Iterator[nn.Module]:
     """The plan's kernel modules inside the block, the dense model again after."""
