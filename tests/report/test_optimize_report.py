@@ -35,6 +35,8 @@ def test_headline_has_the_measured_numbers(tmp_path, summary_factory, candidates
     assert ("+2.90% to +5.60%" in head) is intervals
     if intervals:  # the chosen candidate's held-out interval and the selection rule, in words
         assert "+3.30% to +4.95%" in head and "95% interval over held-out windows" in head
+        s["why"] = "highest model-wide sparsity whose held-out increase (the upper end of its 95% interval) is within +5%"
+        assert _headline(_render(s, [], tmp_path)).count("upper end") == 1  # the rule said once
 
 
 @pytest.mark.parametrize("overrides, intervals, cls, says", [

@@ -135,7 +135,7 @@ def _selection_note(summary: dict[str, Any]) -> str:
         ci = ch.get("heldout_ci_pct")
         parts.append(f"; on held-out calibration text ({summary['search_tokens']:,} tokens) perplexity "
                      f"{_moved(ch['ppl_increase_pct_heldout'])}" + (f" (95% interval {interval(ci)})" if ci else ""))
-    if b.get("method"):
+    if b.get("method") and "interval" not in why:  # said once: the reason may already name the rule
         conf = b.get("confidence")
         level = (pct(conf, 0) if conf <= 1 else f"{conf:g}%") if conf else "confidence"
         rule = _RULES.get(b["method"], "{method}").format(level=level, method=_esc(b["method"]))
