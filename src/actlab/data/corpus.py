@@ -2,6 +2,8 @@
 
 Spec forms (first match wins):
   ``None`` or ``"default"``     the built-in corpus: prose from the Python stdlib (see `actlab.data.stdlib_text`)
+  ``stdlib-code``, ``stdlib-messages``   offline held-out texts of other kinds: the stdlib's code and its message
+                                 strings (see `actlab.data.offline_texts`)
   ``hf:<name>[:<config>][:<split>]``   a Hugging Face dataset (needs ``pip install datasets``)
   an existing directory          every text file under it, sorted by relative path; one document per file
   an existing ``.jsonl`` file    one document per record, from the string field ``field`` (default ``text``)
@@ -19,6 +21,7 @@ from actlab.data.files import JSONL_SUFFIXES, read_directory, read_jsonl, read_t
 
 DEFAULT_SPEC = "default"
 DEFAULT_FIELD = "text"
+OFFLINE_TEXTS = ("stdlib-code", "stdlib-messages")  # built by actlab.data.offline_texts; a path of that name wins
 _FORMS = "pass a text file, a directory, a .jsonl file (optionally file.jsonl:field), hf:<name> or 'default'"
 
 
@@ -74,6 +77,10 @@ def load_corpus(spec: str | Path | None = None, field: str | None = None) -> Cor
 
         return load_default_corpus()
     text = str(spec).strip()
+    if isinstance(spec, str) and text in OFFLINE_TEXTS and not Path(text).exists():
+        from actlab.data.offline_texts import load_offline_text
+
+        return load_offline_text(text)
     if isinstance(spec, str) and text.startswith("hf:"):
         from actlab.data.hub import load_hub_corpus
 
