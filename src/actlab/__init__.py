@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "apply_": "actlab.sparsity.apply",
     "remove_": "actlab.sparsity.apply",
     "check_plan": "actlab.sparsity.apply",
+    "merge_plans": "actlab.sparsity.compose",
     "SparsityPlan": "actlab.sparsity.plan",
     "PlanEntry": "actlab.sparsity.plan",
     "PlanError": "actlab.sparsity.errors",

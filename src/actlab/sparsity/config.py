@@ -240,3 +240,18 @@ class CettConfig(SparsityConfig):
         super().__post_init__()
         if not 0.0 <= self.cett < 1.0:
             raise PlanError(f"cett: the CETT target must be in [0, 1), got {self.cett}")
+
+
+@register_config
+@dataclass(frozen=True)
+class ComposedConfig(SparsityConfig):
+    """The record of plans merged by ``actlab.merge_plans`` (no calibration of its own).
+
+    Attributes:
+        parts: the merged plans' configs (``to_dict()`` each, in merge order).
+        sparsity: the merged plan's model-wide sparsity on the parts' calibration samples (a result).
+    """
+
+    method: ClassVar[str] = "composed"
+    parts: tuple[dict, ...] = ()
+    sparsity: float = 0.0
