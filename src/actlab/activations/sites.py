@@ -52,7 +52,7 @@ class Site:
             read by several linears (q, k, v), all of them; the first is where the tensor is
             observed, the others receive the same (possibly replaced) tensor.
         feeds: module paths of the linear layers that consume this tensor (empty for
-            ``mlp.act_out`` of a gated MLP and ``resid_out``).
+            ``mlp.act_in``, ``mlp.act_out`` of a gated MLP and ``resid_out``).
     """
 
     name: str
