@@ -39,9 +39,17 @@ def test_auto_tries_every_candidate_and_keeps_the_sparsest_within_budget(run):
     _, summary = run
     cands = summary["candidates"]
     assert [c["label"] for c in cands] == ["teal (global)", "wina (global)", "chess"]
-    within = [c for c in cands if c["ppl_increase_pct_heldout"] <= 5.0 + 1e-9]
+    # the policy: the upper end of each candidate's held-out interval, not its point estimate, keeps the budget
+    within = [c for c in cands if c["heldout_ci_pct"][1] <= 5.0 + 1e-9]
     assert within, cands
+    assert [c["within_budget"] for c in cands] == [c in within for c in cands]
     assert summary["chosen"] == max(within, key=lambda c: c["sparsity_model_wide"])["label"]
+    for c in cands:
+        lo, hi = c["heldout_ci_pct"]
+        assert lo <= c["ppl_increase_pct_heldout"] <= hi
+    assert summary["budget"] == {"max_ppl_increase": 5.0, "confidence": 0.95, "method": "t-windows"}
+    lo, hi = summary["eval"]["ppl_increase_ci_pct"]
+    assert lo <= summary["eval"]["ppl_increase_pct"] <= hi
     for key in ("tok_s_dense", "tok_s_sparse", "tok_s_hf_dense", "speedup", "ceiling", "ceiling_frac"):
         assert summary["speed"][key] > 0, key
     assert summary["eval"]["protocol"] == "strict"
@@ -60,6 +68,8 @@ def test_one_method_at_a_sparsity(tmp_path, corpus):
     summary = optimize("random:tiny-llama", out=tmp_path / "r", sparsity=0.3, method="teal", data=corpus, **SMALL)
     assert [c["label"] for c in summary["candidates"]] == ["teal"]
     assert summary["eval"]["sparsity_model_wide"] == pytest.approx(0.3, abs=0.05)
+    assert summary["budget"] is None and "within_budget" not in summary["candidates"][0]
+    assert len(summary["candidates"][0]["heldout_ci_pct"]) == 2  # the interval is reported without a budget too
 
 
 def test_both_or_neither_target_is_refused_and_nothing_written(tmp_path, corpus):
@@ -67,3 +77,21 @@ def test_both_or_neither_target_is_refused_and_nothing_written(tmp_path, corpus)
         with pytest.raises(actlab.PlanError, match="exactly one"):
             optimize("random:tiny-llama", out=tmp_path / "r", data=corpus, **kw, **SMALL)
     assert not (tmp_path / "r").exists()
+
+
+def test_a_bad_budget_or_confidence_is_refused_before_anything_runs(tmp_path, corpus):
+    for kw, match in (({"max_ppl_increase": -1.0}, "must be positive"),
+                      ({"max_ppl_increase": 5.0, "confidence": 1.5}, "confidence")):
+        with pytest.raises(actlab.PlanError, match=match):
+            optimize("random:tiny-llama", out=tmp_path / "r", data=corpus, **kw, **SMALL)
+    assert not (tmp_path / "r").exists()
+
+
+def test_summary_bytes_skipped_frac_is_the_plans_own(run):
+    """One definition: the benchmark section reports the saved plan's ``bytes_skipped_frac``; the eval
+    section's is the same function on the sparsity measured on the eval split."""
+    out, summary = run
+    plan = actlab.SparsityPlan.load(out / "plan")
+    assert summary["speed"]["bytes_skipped_frac"] == pytest.approx(plan.metrics["bytes_skipped_frac"])
+    assert summary["speed"]["ceiling"] == pytest.approx(1 / (1 - plan.metrics["bytes_skipped_frac"]))
+    assert 0 < summary["eval"]["bytes_skipped_frac"] < 1

@@ -8,12 +8,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from actlab.outputs import claims_output
+from actlab.sparsity.select import Budget, Interval, choose, increase_interval
 
 #: candidate methods tried by ``method="auto"``: (label, config dict)
 AUTO_CANDIDATES: tuple[dict[str, Any], ...] = (
@@ -33,6 +35,8 @@ class Candidate:
     ppl: float
     ppl_increase_pct: float
     trace: list[dict[str, float]]
+    #: the increase's interval over the held-out windows (the selection policy decides on it)
+    ci: Interval | None = None
 
 
 def _label(cfg: dict[str, Any]) -> str:
@@ -40,27 +44,38 @@ def _label(cfg: dict[str, Any]) -> str:
 
 
 def _calibrate_candidate(net: Any, cfg: dict[str, Any], calib: Any, heldout: Any, sparsity: float | None,
-                         max_ppl: float | None, ppl_dense: float, step: Callable[[str], None]) -> Candidate:
+                         budget: Budget | None, dense_nll: Any, confidence: float,
+                         step: Callable[[str], None]) -> Candidate:
     import actlab
-    from actlab.eval.perplexity import perplexity
     from actlab.sparsity.config import config_from_dict
+    from actlab.sparsity.search import plan_window_nll
 
     config = config_from_dict({**cfg, "sparsity": sparsity if sparsity is not None else 0.5})
     step(f"calibrating {_label(cfg)}")
     prepared = actlab.prepare(net, config, calib)
-    if max_ppl is not None:
-        res = actlab.search_quality(net, prepared, heldout, max_ppl, ppl_dense=ppl_dense)
-        plan, ppl, trace = res.plan, res.ppl, res.trace
+    if budget is not None:
+        res = actlab.search_quality(net, prepared, heldout, budget.max_ppl_increase, dense_nll=dense_nll,
+                                    confidence=budget.confidence, bound=budget.method)
+        plan, ppl, trace, ci = res.plan, res.ppl, res.trace, res.ci
     else:
         plan = prepared.plan()
-        actlab.apply_(net, plan)
-        try:
-            ppl = perplexity(net, heldout).ppl
-        finally:
-            actlab.remove_(net)
-        trace = []
+        sparse = plan_window_nll(net, plan, heldout)
+        ppl, trace = math.exp(sparse.mean().item()), []
+        ci = increase_interval(dense_nll, sparse, confidence) if heldout.shape[0] >= 2 else None
+    ppl_dense = math.exp(dense_nll.mean().item())
     return Candidate(_label(cfg), plan, float(plan.metrics.get("sparsity_model_wide", 0.0)), ppl,
-                     100.0 * (ppl / ppl_dense - 1.0), trace)
+                     100.0 * (ppl / ppl_dense - 1.0), trace, ci)
+
+
+def _eval_with_interval(net: Any, plan: Any, evals: Any, confidence: float) -> dict[str, Any]:
+    """The eval split's strict result plus ``ppl_increase_ci_pct``, the interval computed as on held-out text."""
+    from actlab.eval.sparse import evaluate_plan
+    from actlab.sparsity.search import plan_window_nll, window_nll
+
+    dense = window_nll(net, evals)
+    ev = evaluate_plan(net, plan, evals, ppl_dense=math.exp(dense.mean().item()))  # measured sparsity
+    ci = increase_interval(dense, plan_window_nll(net, plan, evals), confidence) if evals.shape[0] >= 2 else None
+    return {**ev.to_dict(), "ppl_increase_ci_pct": ci.as_list() if ci is not None else None}
 
 
 @claims_output(expect=("plan", "report.html", "summary.json"))  # locked from the first check to the last write
@@ -73,6 +88,7 @@ def optimize(
     data: str = "default",
     calib_tokens: int = 4096,
     search_tokens: int = 2048,
+    confidence: float = 0.95,
     eval_tokens: int = 4096,
     profile_tokens: int = 4096,
     seq_len: int = 256,
@@ -88,6 +104,8 @@ def optimize(
         max_ppl_increase: quality budget in percent (the sparsest plan within it), or
         sparsity: a model-wide sparsity target (the best-quality plan at it). One of the two.
         method: ``auto`` tries :data:`AUTO_CANDIDATES` and keeps the best; or one method name.
+        confidence: the level of the held-out interval whose upper end must be within the budget
+            (:mod:`actlab.sparsity.select`); the eval split's interval is reported at the same level.
         overwrite: replace actlab's own earlier outputs in ``out`` (files it did not write are never touched;
             see :mod:`actlab.outputs`). ``out`` is locked against other runs for the whole call.
 
@@ -98,8 +116,6 @@ def optimize(
     from actlab.activations.stats import StatsConfig
     from actlab.data.windows import make_windows
     from actlab.engine.plan_bench import bench_plan
-    from actlab.eval.perplexity import perplexity
-    from actlab.eval.sparse import evaluate_plan
     from actlab.outputs import check_writable, staged_output, write_json_atomic
     from actlab.preflight import preflight
     from actlab.profile import profile_model
@@ -107,10 +123,12 @@ def optimize(
     from actlab.report.plots import density_by_layer, histograms
     from actlab.report.runlog import RunLog
     from actlab.sparsity.calibrate import calibration_windows
+    from actlab.sparsity.search import window_nll
 
     run_log, step = RunLog.start(locals(), step)  # the report's Run section: arguments, load, time per stage
     if (max_ppl_increase is None) == (sparsity is None):
         raise actlab.PlanError("give exactly one of max_ppl_increase or sparsity")
+    budget = Budget(max_ppl_increase, confidence) if max_ppl_increase is not None else None
     out = check_writable(out, overwrite=overwrite)
     corpus = actlab.load_corpus(data)
     net, tok = actlab.load_model(model)
@@ -123,19 +141,14 @@ def optimize(
                          tokenizer=tok).to_dict()
     prof.update(model={"name": model}, num_layers=prof["num_layers"])
 
-    ppl_heldout = perplexity(net, heldout).ppl
+    dense_heldout = window_nll(net, heldout)
     cfgs = AUTO_CANDIDATES if method == "auto" else ({"method": method},)
-    candidates = [_calibrate_candidate(net, c, calib, heldout, sparsity, max_ppl_increase, ppl_heldout, step)
+    candidates = [_calibrate_candidate(net, c, calib, heldout, sparsity, budget, dense_heldout, confidence, step)
                   for c in cfgs]
-    if max_ppl_increase is not None:  # sparsest within budget
-        best = max(candidates, key=lambda c: (c.ppl_increase_pct <= max_ppl_increase + 1e-9, c.sparsity))
-        why = f"highest model-wide sparsity with held-out perplexity within +{max_ppl_increase:g}%"
-    else:  # best quality at the target
-        best = min(candidates, key=lambda c: c.ppl)
-        why = f"lowest held-out perplexity at {sparsity:.0%} model-wide sparsity"
+    best, why = choose(candidates, budget, sparsity)  # the policy lives in actlab.sparsity.select
 
     step(f"evaluating {best.label} on the eval split")
-    ev = evaluate_plan(net, best.plan, evals)
+    ev = _eval_with_interval(net, best.plan, evals, confidence)
     step("benchmarking decode speed")
     prompt = evals[:1, :32]
     speed = bench_plan(net, best.plan, prompt, new_tokens=new_tokens, reps=reps, num_threads=threads)
@@ -146,12 +159,16 @@ def optimize(
         "chosen": best.label,
         "why": why,
         "candidates": [{"label": c.label, "sparsity_model_wide": c.sparsity, "ppl_heldout": c.ppl,
-                        "ppl_increase_pct_heldout": c.ppl_increase_pct} for c in candidates],
+                        "ppl_increase_pct_heldout": c.ppl_increase_pct,
+                        "heldout_ci_pct": c.ci.as_list() if c.ci is not None else None,
+                        **({"within_budget": budget.accepts(c.ci) if c.ci is not None else False}
+                           if budget is not None else {})} for c in candidates],
         "max_ppl_increase": max_ppl_increase,
+        "budget": budget.to_dict() if budget is not None else None,
         "sparsity_target": sparsity,
         "search_tokens": int(heldout.numel()),
-        "eval": {**ev.to_dict(), **({"within_budget": ev.ppl_increase_pct <= max_ppl_increase}
-                                    if max_ppl_increase is not None else {})},
+        "eval": {**ev, **({"within_budget": ev["ppl_increase_pct"] <= max_ppl_increase}
+                          if max_ppl_increase is not None else {})},
         "speed": {k: v for k, v in speed.items() if k != "samples"},
         "speedup": speed["speedup"],
         "plan": str(out / "plan"),

@@ -2,7 +2,8 @@
 
 The Sparsing Law's procedure: search the method's knob (model-wide sparsity, or the CETT target) on a
 held-out calibration split, never the evaluation split, keeping the largest knob whose perplexity increase
-stays within budget. The bracket [largest knob within budget, smallest over it] shrinks like a bisection, but each probe is
+stays within budget: by default the upper end of its 95 % interval over the held-out windows, so the budget keeps
+on unseen text (the policy is :mod:`actlab.sparsity.select`). The bracket [largest knob within budget, smallest over it] shrinks like a bisection, but each probe is
 placed where a power law through the nearest probes predicts the crossing (``log(ppl / ppl_dense)`` is
 smooth, monotone and close to a power of the knob), so a point of resolution takes 4-6 perplexity runs
 where plain bisection needs 7-8. The method is calibrated once (:func:`actlab.sparsity.calibrate.prepare`); each probe
@@ -28,6 +29,7 @@ from actlab.sparsity.apply import apply_, remove_
 from actlab.sparsity.errors import PlanError
 from actlab.sparsity.methods.base import Method
 from actlab.sparsity.plan import SparsityPlan
+from actlab.sparsity.select import Budget, Interval, increase_interval
 
 
 @dataclass
@@ -39,6 +41,8 @@ class SearchResult:
     ppl_dense: float
     ppl: float
     trace: list[dict[str, float]] = field(default_factory=list)
+    #: the increase's interval on the held-out windows (None with a single window)
+    ci: Interval | None = None
 
     @property
     def increase_pct(self) -> float:
@@ -46,7 +50,8 @@ class SearchResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"knob": self.knob, "ppl_dense": self.ppl_dense, "ppl": self.ppl,
-                "ppl_increase_pct": self.increase_pct, "trace": self.trace}
+                "ppl_increase_pct": self.increase_pct,
+                "heldout_ci_pct": self.ci.as_list() if self.ci is not None else None, "trace": self.trace}
 
 
 def _next_probe(lo: float, hi: float, probes: list[tuple[float, float]], budget: float) -> float:
@@ -73,10 +78,50 @@ def _next_probe(lo: float, hi: float, probes: list[tuple[float, float]], budget:
     return min(max(x, lo + margin), hi - margin)
 
 
-def _ppl(model: nn.Module, windows: torch.Tensor, batch_size: int) -> float:
-    from actlab.eval.perplexity import perplexity
+@torch.no_grad()
+def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """``[n_windows]`` mean next-token NLL (nats) of each window, every predicted position scored.
 
-    return perplexity(model, windows, batch_size=batch_size).ppl
+    The same quantity as :func:`actlab.eval.perplexity.perplexity` (``ppl = exp(mean)`` over equal-length
+    windows), kept per window because the budget's interval is over windows. Computed here rather than
+    imported, so ``sparsity`` does not depend on ``eval``.
+
+    Example:
+        >>> nll = window_nll(model, heldout)          # doctest: +SKIP
+        >>> math.exp(nll.mean().item())                # doctest: +SKIP  (the perplexity)
+    """
+    import sys
+
+    import torch.nn.functional as F
+
+    if windows.dim() != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
+        raise PlanError(f"held-out windows must be [n >= 1, seq_len >= 2] token ids, got {tuple(windows.shape)}")
+    hf = sys.modules.get("transformers")
+    is_hf = hf is not None and isinstance(model, hf.PreTrainedModel)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    out = torch.empty(windows.shape[0], dtype=torch.float64)
+    try:
+        for b in range(0, windows.shape[0], batch_size):
+            batch = windows[b: b + batch_size].to(device=device, dtype=torch.long)  # [B, T]
+            # no KV cache: one forward never reuses it
+            logits = (model(batch, use_cache=False) if is_hf else model(batch)).logits  # [B, T, V]
+            for row in range(batch.shape[0]):  # one window's logits in float32 at a time
+                out[b + row] = F.cross_entropy(logits[row, :-1].float(), batch[row, 1:]).item()
+            del logits
+    finally:
+        model.train(was_training)
+    return out
+
+
+def plan_window_nll(model: nn.Module, plan: SparsityPlan, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+    """:func:`window_nll` with ``plan`` applied for the call (every token sparsified), then removed."""
+    apply_(model, plan)
+    try:
+        return window_nll(model, windows, batch_size)
+    finally:
+        remove_(model)
 
 
 def search_quality(
@@ -90,59 +135,80 @@ def search_quality(
     hi: float | None = None,
     batch_size: int = 8,
     ppl_dense: float | None = None,
+    dense_nll: torch.Tensor | None = None,
+    confidence: float = 0.95,
+    bound: str = "t-windows",
     prior: list[dict[str, float]] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SearchResult:
-    """The largest knob in ``[0, hi]`` whose perplexity on ``heldout`` rises by at most ``max_increase_pct``.
+    """The largest knob in ``[0, hi]`` whose perplexity increase on ``heldout`` keeps ``max_increase_pct``.
+
+    "Keeps" is the selection policy's (:mod:`actlab.sparsity.select`): by default the upper end of the 95 %
+    interval over held-out windows is within the budget, so the plan keeps it on new text of the same kind,
+    not only on these windows; ``bound="point"`` compares the point estimate (no margin).
 
     Args:
         method: a calibrated method (``prepare(...)``); its config's knob is searched.
-        heldout: ``[n, seq_len]`` calibration windows not used to calibrate.
+        heldout: ``[n, seq_len]`` calibration windows not used to calibrate (at least 2 for an interval).
         iters: at most this many probes.
         tol: stop once the bracket [within budget, over budget] is this narrow (in knob units).
         hi: upper end of the knob (default: the method's own maximum).
-        ppl_dense: the dense perplexity on ``heldout`` when already known.
-        prior: the ``trace`` of an earlier search with the same method, windows and dense perplexity (e.g.
+        dense_nll: the dense per-window NLL on ``heldout`` (:func:`window_nll`) when already known.
+        ppl_dense: accepted for older callers; ignored (the dense run is per window now).
+        confidence, bound: the budget's interval level and method (:class:`~actlab.sparsity.select.Budget`).
+        prior: the ``trace`` of an earlier search with the same method, windows and budget method (e.g.
             PPL-1% before PPL-5%): its probes narrow the bracket before any new one is made.
 
     Raises:
-        PlanError: a non-positive budget.
+        PlanError: a non-positive budget, or fewer than 2 held-out windows for an interval.
     """
-    if max_increase_pct <= 0:
-        raise PlanError(f"--max-ppl-increase must be positive (a percentage), got {max_increase_pct}")
+    budget = Budget(max_increase_pct, confidence, bound)
+    if bound != "point" and heldout.shape[0] < 2:
+        raise PlanError(f"the quality search needs at least 2 held-out windows for its interval, got "
+                        f"{heldout.shape[0]}: raise --search-tokens or lower --seq-len")
     hi = method.max_knob() if hi is None else hi
-    dense = _ppl(model, heldout, batch_size) if ppl_dense is None else ppl_dense
-    budget = math.log1p(max_increase_pct / 100.0)  # on log(ppl / dense)
+    dense = window_nll(model, heldout, batch_size) if dense_nll is None else dense_nll.double()
+    ppl_dense = math.exp(dense.mean().item())
+    target = math.log1p(max_increase_pct / 100.0)  # on log(1 + bound / 100)
     lo = 0.0
-    best = SearchResult(method.plan(0.0), 0.0, dense, dense)
+    best = SearchResult(method.plan(0.0), 0.0, ppl_dense, ppl_dense, ci=increase_interval(dense, dense, confidence)
+                        if heldout.shape[0] >= 2 else None)
     trace: list[dict[str, float]] = []
     probes: list[tuple[float, float]] = []
+
+    def log_bound(bound_pct: float) -> float:
+        return math.log1p(max(bound_pct, -99.0) / 100.0)
+
     for t in prior or []:
-        r = math.log(t["ppl"] / dense)
-        probes.append((t["knob"], r))
-        if r <= budget and t["knob"] > lo:
-            lo, best = t["knob"], SearchResult(method.plan(t["knob"]), t["knob"], dense, t["ppl"])
-        elif r > budget:
+        b = t.get("bound_pct", t["ppl_increase_pct"])
+        probes.append((t["knob"], log_bound(b)))
+        if b <= max_increase_pct + 1e-9 and t["knob"] > lo:
+            ci = Interval(t["ppl_increase_pct"], t.get("ci_lo_pct", math.nan), t.get("ci_hi_pct", math.nan),
+                          int(t.get("windows", heldout.shape[0])))
+            lo, best = t["knob"], SearchResult(method.plan(t["knob"]), t["knob"], ppl_dense, t["ppl"], ci=ci)
+        elif b > max_increase_pct + 1e-9:
             hi = min(hi, t["knob"])
     for i in range(iters):
         if hi - lo <= tol:
             break
-        knob = _next_probe(lo, hi, probes, budget)
+        knob = _next_probe(lo, hi, probes, target)
         plan = method.plan(knob)
-        apply_(model, plan)
-        try:
-            ppl = _ppl(model, heldout, batch_size)
-        finally:
-            remove_(model)
-        probes.append((knob, math.log(ppl / dense)))
+        sparse = plan_window_nll(model, plan, heldout, batch_size)
+        ppl = math.exp(sparse.mean().item())
+        ci = increase_interval(dense, sparse, confidence) if heldout.shape[0] >= 2 else Interval(
+            100.0 * (ppl / ppl_dense - 1.0), math.nan, math.nan, 1)
+        b = budget.bound(ci)
+        probes.append((knob, log_bound(b)))
         trace.append({"knob": knob, "sparsity_model_wide": plan.metrics["sparsity_model_wide"], "ppl": ppl,
-                      "ppl_increase_pct": 100.0 * (ppl / dense - 1.0)})
-        if math.log(ppl / dense) <= budget:
-            lo, best = knob, SearchResult(plan, knob, dense, ppl)
+                      "ppl_increase_pct": ci.point_pct, "ci_lo_pct": ci.lo_pct, "ci_hi_pct": ci.hi_pct,
+                      "bound_pct": b, "windows": ci.windows})
+        if budget.accepts(ci):
+            lo, best = knob, SearchResult(plan, knob, ppl_dense, ppl, ci=ci)
         else:
             hi = knob
         if progress is not None:
             progress(i + 1, iters)
     best.trace = trace
-    best.plan.extra["search"] = {"max_ppl_increase_pct": max_increase_pct, **best.to_json()}
+    best.plan.extra["search"] = {"max_ppl_increase_pct": max_increase_pct, "budget": budget.to_dict(),
+                                 **best.to_json()}
     return best
