@@ -3,7 +3,7 @@
 CETT picks one threshold per layer on the down input's neuron output norms ``|x_i| * ||W_down[:, i]||`` (the
 WINA score of that input) so that the layer's CETT stays under a target; WINA with the global (Fisher-damage)
 allocation then spends the rest of the model-wide budget on q/k/v, o and gate/up. The two plans touch disjoint
-inputs, so their entries are merged into one plan and evaluated like any other. The row to beat is
+inputs, so ``actlab.merge_plans`` makes them one plan, evaluated like any other. The row to beat is
 ``wina global`` (and ``teal global``) at the same sparsity in the Quality table.
 
 Example:
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--json", help="also write the rows (and the command) here")
     a = ap.parse_args(argv)
 
+    from actlab import merge_plans
     from actlab.sparsity.plan import SparsityPlan
 
     common = ["--model", a.model, "--seq-len", str(a.seq_len)]
@@ -51,10 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             _cli("calibrate", *common, "--method", "wina", "--allocation", "global", "--sites", "attn.qkv_in",
                  "--sites", "attn.o_in", "--sites", "mlp.gate_up_in", "--sparsity", f"{rest:.4f}",
                  "--tokens", str(a.tokens), "--out", wina_dir)
-            w, d = SparsityPlan.load(wina_dir), SparsityPlan.load(cett_dir)
-            entries = w.entries + [e for e in d.entries if e.site.endswith("mlp.down_in")]
-            SparsityPlan(config=w.config, model=w.model, entries=sorted(entries, key=lambda e: (e.layer, e.site)),
-                         calibration=w.calibration, extra={"combined_with": f"cett {c} on mlp.down_in"}).save(both_dir)
+            merge_plans(SparsityPlan.load(cett_dir), SparsityPlan.load(wina_dir)).save(both_dir)
             ev = _cli("eval", *common, "--plan", both_dir, "--tokens", str(a.eval_tokens), "--protocol", "strict")
             rows.append({"cett": c, "down_sparsity_model_wide": down["sparsity_model_wide"], "wina_rest": rest,
                          "sparsity_model_wide": ev["sparsity_model_wide"], "ppl_dense": ev["ppl_dense"],
