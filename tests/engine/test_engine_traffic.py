@@ -8,6 +8,8 @@ from torch import nn
 
 import actlab
 from actlab.engine.traffic import (
+    bytes_skipped_frac,
+    ceiling_from_skipped,
     ceiling_seconds,
     ceiling_speedup,
     linear_bytes,
@@ -100,3 +102,59 @@ def test_ceiling_seconds_with_overhead():
     assert ceiling_seconds(2.0, toy, {"down": 0.25}, overhead_seconds=0.5) == pytest.approx(0.5 + 1.5 * still / total)
     with pytest.raises(ValueError, match="overhead"):
         ceiling_seconds(1.0, toy, {}, overhead_seconds=2.0)
+
+
+def test_bytes_skipped_frac_counts_bytes_biases_and_the_tied_head_once():
+    toy = Toy()
+    total = UP + DOWN_W + DOWN_B + HEAD  # the tied embedding is not counted again
+    assert bytes_skipped_frac(toy, {"down": 0.5}) == pytest.approx(0.5 * DOWN_W / total)  # biases stay read
+    assert bytes_skipped_frac(toy, {"down": 0.5}, extra_read_bytes=16) == pytest.approx((0.5 * DOWN_W - 16) / total)
+    assert ceiling_from_skipped(bytes_skipped_frac(toy, {"down": 0.5})) == pytest.approx(
+        ceiling_speedup(toy, {"down": 0.5}))
+
+
+def _plan_case(case: str):
+    """Plans the old definitions counted differently: a tied head, biases (params vs bytes), top-k (which
+    bench used to leave out)."""
+    import transformers
+
+    from actlab.models.presets import make_config
+    from actlab.sparsity.calibrate import calibrate
+
+    calib = torch.randint(3, 259, (8, 32), generator=torch.Generator().manual_seed(0))
+    if case == "tied llama, teal":
+        cfg = make_config("tiny-llama")
+        cfg.tie_word_embeddings = True
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(cfg).eval()
+        return model, calibrate(model, actlab.TealConfig(0.5), calib)
+    if case == "qwen2 (q/k/v biases), wina":
+        model, _ = actlab.load_model("random:tiny-qwen2")
+        assert model.model.layers[0].self_attn.q_proj.bias is not None
+        return model, calibrate(model, actlab.WinaConfig(0.4), calib)
+    model, _ = actlab.load_model("random:tiny-llama")
+    return model, calibrate(model, actlab.TopKConfig(0.5), None)
+
+
+@pytest.mark.filterwarnings("ignore:top-k entries:actlab.kernels.ops.ActlabKernelWarning")
+@pytest.mark.parametrize("case", ["tied llama, teal", "qwen2 (q/k/v biases), wina", "llama, topk"])
+def test_metrics_bench_and_eval_report_one_bytes_skipped_frac(case):
+    from actlab.engine.plan_bench import bench_plan
+    from actlab.eval.sparse import measured_metrics
+    from actlab.sparsity.metrics import entry_metrics
+
+    model, plan = _plan_case(case)
+    want = plan.metrics["bytes_skipped_frac"]
+    skipped = {}
+    for e in plan.entries:
+        for path in e.consumers:
+            skipped[path] = 1 - (1 - skipped.get(path, 0.0)) * (1 - e.sparsity)
+    assert want == pytest.approx(bytes_skipped_frac(model, skipped))  # the definition, from first principles
+    assert entry_metrics(model, plan.entries)["bytes_skipped_frac"] == pytest.approx(want)
+    # eval's measured value goes through the same function: fed the calibrated drops, it gives the same number
+    dropped = {m: e.sparsity for e in plan.entries for m in e.modules}
+    assert measured_metrics(model, plan, dropped)["bytes_skipped_frac"] == pytest.approx(want)
+    ids = torch.randint(3, 259, (1, 4), generator=torch.Generator().manual_seed(1))
+    r = bench_plan(model, plan, ids, new_tokens=2, reps=1, warmup=0, num_threads=1, hf=False)
+    assert r["bytes_skipped_frac"] == pytest.approx(want)
+    assert r["ceiling"] == pytest.approx(1 / (1 - want))

@@ -53,7 +53,7 @@ def bench(
     with cli_errors():
         import actlab
         from actlab.data.windows import make_windows
-        from actlab.engine.plan_bench import bench_plan, calibrate_at_sparsity
+        from actlab.engine.plan_bench import bench_plan, calibrate_at_sparsity, check_calibratable
         from actlab.kernels import ops
         from actlab.sparsity.config import config_from_dict
 
@@ -61,6 +61,7 @@ def bench(
         the_plan = actlab.SparsityPlan.load(plan) if plan is not None else None
         extra = {"allocation": allocation} if method in ("teal", "wina") else {}
         if method is not None:  # an unknown method or field is refused before the model loads
+            check_calibratable(method)
             config_from_dict({"method": method, **extra})
         if the_plan is not None and any(e.rotation is not None for e in the_plan.entries):
             fail(f"{plan} is a rotated plan (--rotate): it runs on the masking path only, which bench does not "

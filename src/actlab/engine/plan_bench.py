@@ -20,15 +20,27 @@ import torch
 from torch import nn
 
 from actlab.engine.bench import interleaved, measure_decode, measure_hf_decode, peak_rss_mb, threads, within
-from actlab.engine.traffic import ceiling_speedup, linear_bytes
+from actlab.engine.traffic import ceiling_from_skipped, linear_bytes
 
 
-def kept_fractions(plan: Any) -> dict[str, float]:
-    """Per linear module path, the expected fraction of its weight rows a decoded token reads."""
-    from actlab.sparsity.metrics import skipped_fractions
+def calibratable_methods() -> list[str]:
+    """Registered methods that calibrate a plan (a handler exists), sorted; ``composed`` is not one: its
+    plans come from merging others (``actlab.merge_plans``)."""
+    from actlab.sparsity import methods  # noqa: F401  (registers the built-in handlers)
+    from actlab.sparsity.methods.base import HANDLERS
 
-    skipped = skipped_fractions((e.consumers, e.sparsity) for e in plan.entries if e.kind != "topk")
-    return {path: 1.0 - s for path, s in skipped.items()}
+    return sorted(HANDLERS)
+
+
+def check_calibratable(method: str) -> None:
+    """Raises PlanError unless ``method`` can be calibrated at a sparsity target (cheap: before a model loads)."""
+    from actlab.sparsity.config import CONFIGS
+    from actlab.sparsity.errors import PlanError
+
+    known = calibratable_methods()
+    if method not in known:
+        what = "is not calibrated (its plans come from merging others)" if method in CONFIGS else "is unknown"
+        raise PlanError(f"method {method!r} {what}; calibrate one of {', '.join(known)}")
 
 
 def calibrate_at_sparsity(
@@ -52,8 +64,8 @@ def calibrate_at_sparsity(
         fields: other config fields (``allocation="global"``...).
 
     Raises:
-        PlanError: an unknown method or field, or a target the method cannot reach on this model (cett and
-            cats cover only part of the linears).
+        PlanError: an unknown or uncalibrated method (``composed``), an unknown field, or a target the
+            method cannot reach on this model (cett and cats cover only part of the linears).
 
     Example:
         >>> plan = calibrate_at_sparsity(model, "cett", 0.15, calib)               # doctest: +SKIP
@@ -64,8 +76,9 @@ def calibrate_at_sparsity(
     from actlab.sparsity.config import CONFIGS, config_from_dict
     from actlab.sparsity.errors import PlanError
 
-    cls = CONFIGS.get(method)
-    if cls is None or cls.knob == "sparsity":
+    check_calibratable(method)
+    cls = CONFIGS[method]
+    if cls.knob == "sparsity":
         return prepare(model, config_from_dict({"method": method, "sparsity": sparsity, **fields}), windows,
                        progress).plan()
     if not 0.0 <= sparsity < 1.0:
@@ -122,6 +135,8 @@ def bench_plan(
     ``ceiling_frac`` (speedup / ceiling), ``sparsity_model_wide``, ``bytes_skipped_frac``,
     ``peak_rss_mb``, ``threads`` and the per-variant samples.
     """
+    from actlab.sparsity.metrics import entry_metrics
+
     with threads(num_threads) as n_threads:
         variants = {
             "dense": lambda: measure_decode(model, prompt_ids, new_tokens, reps=1, warmup=0).tokens_per_s,
@@ -134,8 +149,9 @@ def bench_plan(
             variants["hf_dense"] = lambda: measure_hf_decode(model, prompt_ids, new_tokens, reps=1, warmup=0).tokens_per_s
         result = interleaved(variants, reps=reps, warmup=warmup)
     med = result.medians
-    kept = kept_fractions(plan)
-    ceiling = ceiling_speedup(model, kept)
+    # the plan's own definition (plan.metrics, eval, optimize): one bytes_skipped_frac per plan
+    skipped = entry_metrics(model, plan.entries)["bytes_skipped_frac"]
+    ceiling = ceiling_from_skipped(skipped)
     speedup = med["sparse"] / med["dense"]
     dense_bytes = linear_bytes(model)
     metrics = dict(getattr(plan, "metrics", {}) or {})
@@ -148,7 +164,7 @@ def bench_plan(
         "ceiling": ceiling,
         "ceiling_frac": speedup / ceiling,
         "sparsity_model_wide": metrics.get("sparsity_model_wide"),
-        "bytes_skipped_frac": 1.0 - 1.0 / ceiling,
+        "bytes_skipped_frac": skipped,
         "dense_weight_mb": dense_bytes / 2**20,
         "peak_rss_mb": peak_rss_mb(),
         "threads": n_threads,

@@ -4,8 +4,10 @@
   the parameter-weighted mean fraction of each linear's weights a token does not need. An ``input`` mask at
   sparsity ``s`` skips ``s`` of each consumer's columns; an ``act`` mask skips ``s`` of up's rows and of
   down's columns. Two masks on one linear combine as ``1 - (1 - s1)(1 - s2)``.
-* ``bytes_skipped_frac``: the same skipped weights over *all* linear weights a token reads, the LM head
-  included (it stays dense); that ratio is what bounds a memory-bound decode step's speed-up.
+* ``bytes_skipped_frac``: the bytes of the same skipped weights over *all* linear weight bytes a token
+  reads, biases and the LM head included (a tied embedding counts once, as the head); that ratio bounds a
+  memory-bound decode step's speed-up. Defined once, in :mod:`actlab.models.weight_bytes`, which
+  ``actlab bench`` and ``actlab optimize`` use too.
 
 Example:
     >>> sizes = {"q": 100, "down": 300}
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from actlab.models.adapters import linear_weight
+from actlab.models.weight_bytes import bytes_skipped_frac
 from actlab.sparsity.groups import sparsifiable_linears
 
 
@@ -35,22 +38,6 @@ def linear_sizes(model: nn.Module) -> dict[str, int]:
         w = linear_weight(_inner(model.get_submodule(path)))
         sizes[path] = w.shape[0] * w.shape[1]
     return sizes
-
-
-def all_linear_params(model: nn.Module) -> int:
-    """Weights of every linear layer a token reads, the LM head included (tied weights counted once)."""
-    seen: set[int] = set()
-    total = 0
-    modules = list(model.modules())
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None:
-        modules.append(head)
-    for m in modules:
-        if isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D":
-            if id(m.weight) not in seen:
-                seen.add(id(m.weight))
-                total += m.weight.numel()
-    return total
 
 
 def skipped_fractions(items: Iterable[tuple[tuple[str, ...], float]]) -> dict[str, float]:
@@ -85,9 +72,10 @@ def plan_metrics(model: nn.Module, items: list[tuple[tuple[str, ...], float, str
     from actlab.sparsity.rotation import rotation_params
 
     extra = sum(rotation_params(q) for q in (rotations or {}).values())
+    extra_bytes = sum(rotation_params(q) * q.element_size() for q in (rotations or {}).values())
     out = {
         "sparsity_model_wide": skipped_params / sum(sizes.values()),
-        "bytes_skipped_frac": (skipped_params - extra) / all_linear_params(model),
+        "bytes_skipped_frac": bytes_skipped_frac(model, skipped, extra_read_bytes=extra_bytes),
     }
     if rotations:
         out["sparsity_model_wide_net"] = (skipped_params - extra) / sum(sizes.values())
@@ -99,3 +87,15 @@ def plan_metrics(model: nn.Module, items: list[tuple[tuple[str, ...], float, str
     for kind, vals in by_kind.items():
         out[f"sparsity.{kind}"] = sum(s * n for s, n in vals) / sum(n for _, n in vals)
     return out
+
+
+def entry_metrics(model: nn.Module, entries: Iterable) -> dict[str, float]:
+    """:func:`plan_metrics` of plan entries at their calibrated sparsity (what ``plan.metrics`` holds).
+
+    Example:
+        >>> entry_metrics(model, plan.entries) == plan.metrics    # doctest: +SKIP
+        True
+    """
+    entries = list(entries)
+    return plan_metrics(model, [(e.consumers, e.sparsity, e.site) for e in entries],
+                        rotations={e.site: e.rotation for e in entries if e.rotation is not None})
