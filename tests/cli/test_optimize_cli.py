@@ -37,6 +37,7 @@ def test_optimize_end_to_end_json(tmp_path, corpus):
     (["--eval-tokens", 0], "positive"),
     (["--method", "nosuch", "--sparsity", 0.5], "unknown sparsification method"),
     (["--model", "random:nosuch"], "nosuch"),
+    (["--confidence", 1.2], "--confidence must be"),
 ])
 def test_optimize_bad_input_one_line_nothing_written(tmp_path, corpus, args, pattern):
     out = tmp_path / "run"

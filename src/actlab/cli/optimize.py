@@ -12,12 +12,13 @@ from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libra
 
 def optimize(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: alias, directory, .gguf, random:<preset> or hub id."),
-    max_ppl_increase: float = typer.Option(None, "--max-ppl-increase", "-p", help="Quality budget: the sparsest plan whose held-out perplexity rises by at most P percent (default 5 when --sparsity is not given)."),
+    max_ppl_increase: float = typer.Option(None, "--max-ppl-increase", "-p", help="Quality budget: the sparsest plan whose held-out perplexity increase, at the upper end of its --confidence interval over windows, is at most P percent (default 5 when --sparsity is not given)."),
     sparsity: float = typer.Option(None, "--sparsity", "-s", help="Or a model-wide sparsity target: the best-quality plan at it."),
     method: str = typer.Option("auto", "--method", help="auto (try teal/global, wina/global and chess, keep the best) or one method name."),
     data: str = typer.Option("default", "--data", "-d", help="Corpus: 'default' (built-in, offline), a file, a directory, .jsonl[:field] or hf:<name>."),
     calib_tokens: int = typer.Option(4096, "--calib-tokens", help="Calibration tokens (calib split)."),
     search_tokens: int = typer.Option(2048, "--search-tokens", help="Held-out calibration tokens for the choice and the quality search."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Level of the interval over held-out windows whose upper end must keep the budget (0.5 to <1)."),
     eval_tokens: int = typer.Option(4096, "--eval-tokens", help="Evaluation tokens (eval split, never seen in calibration)."),
     seq_len: int = typer.Option(256, "--seq-len", "-L", help="Tokens per window."),
     new_tokens: int = typer.Option(64, "--new-tokens", help="Tokens decoded per speed measurement."),
@@ -44,6 +45,8 @@ def optimize(
     checks.at_least("--threads", threads, 1)
     checks.fraction("--sparsity", sparsity)
     checks.non_negative("--max-ppl-increase", max_ppl_increase)
+    if not 0.5 <= confidence < 1:
+        fail(f"--confidence must be at least 0.5 and below 1 (a level such as 0.95), got {confidence}")
     from actlab.sparsity.config import CONFIGS
 
     if method != "auto" and method not in CONFIGS:
@@ -56,12 +59,14 @@ def optimize(
         quiet_libraries()
         summary = run(model=model, out=out, max_ppl_increase=max_ppl_increase, sparsity=sparsity, method=method,
                       data=data, calib_tokens=calib_tokens, search_tokens=search_tokens, eval_tokens=eval_tokens,
-                      seq_len=seq_len, new_tokens=new_tokens, threads=threads, overwrite=overwrite,
+                      seq_len=seq_len, new_tokens=new_tokens, threads=threads, overwrite=overwrite, confidence=confidence,
                       step=lambda msg: console.print(f"· {msg}", highlight=False))
     ev = summary["eval"]
     console.print(
         f"chosen {summary['chosen']}: sparsity {ev['sparsity_model_wide']:.1%}, perplexity {ev['ppl_dense']:.3f} → "
-        f"{ev['ppl']:.3f} ({ev['ppl_increase_pct']:+.2f}%), decode {summary['speedup']:.2f}x dense\n"
+        f"{ev['ppl']:.3f} ({ev['ppl_increase_pct']:+.2f}%"
+        + (f", {confidence:.0%} interval [{ev['ppl_increase_ci_pct'][0]:+.2f}, {ev['ppl_increase_ci_pct'][1]:+.2f}]"
+           if ev.get("ppl_increase_ci_pct") else "") + f"), decode {summary['speedup']:.2f}x dense\n"
         f"report: [bold]{summary['report']}[/]  plan: {summary['plan']}",
         highlight=False,
     )
