@@ -61,3 +61,36 @@ def test_bad_pattern_is_clear(tiny_llama):
     model, _ = tiny_llama
     with pytest.raises(SiteError, match="no site matches.*site kinds"):
         resolve_sites(model, "mlp.nope")
+
+
+def test_attach_keeps_hooks_until_removed(tiny_llama):
+    from actlab.activations.hooks import attach
+
+    model, _ = tiny_llama
+    ids = torch.randint(3, 200, (1, 6))
+    before = _hook_count(model)
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        hooks = attach(model, resolve_sites(model, "mlp.down_in"), lambda s, x: x * 0)
+        first, second = model(input_ids=ids).logits, model(input_ids=ids).logits  # still on after a forward
+        assert _hook_count(model) > before
+        hooks.remove()
+        hooks.remove()  # idempotent
+        after = model(input_ids=ids).logits
+    assert not torch.allclose(first, ref) and torch.equal(first, second)
+    assert _hook_count(model) == before and torch.equal(after, ref)
+
+
+def test_attach_leaves_no_hook_when_a_path_is_missing(tiny_llama):
+    from dataclasses import replace
+
+    from actlab.activations.hooks import attach
+
+    model, _ = tiny_llama
+    sites = resolve_sites(model, "layers.0.attn.qkv_in")
+    site = next(iter(sites.values()))
+    bad = {**sites, "broken": replace(site, name="broken", module_paths=(site.module_paths[0], "model.nope"))}
+    before = _hook_count(model)
+    with pytest.raises(AttributeError):
+        attach(model, bad, lambda s, x: None)
+    assert _hook_count(model) == before

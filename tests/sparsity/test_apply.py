@@ -198,3 +198,19 @@ def test_sites_restrict_the_inputs_and_keep_the_target_model_wide(llama, calib):
     share = sum(llama.get_submodule(e.consumers[0]).weight.numel() for e in plan.entries) / sum(
         m.weight.numel() for n, m in llama.named_modules() if n.endswith(("_proj",)))
     assert plan.metrics["sparsity.mlp.down_in"] == pytest.approx(0.2 / share, abs=0.02)
+
+
+def test_a_deep_copy_of_a_masked_model_is_masked_by_its_own_copy(llama, probe, prepared):
+    import copy
+
+    dense = _logits(llama, probe)
+    actlab.apply_(llama, prepared[id(METHODS[0])].plan())
+    try:
+        sparse = _logits(llama, probe)
+        twin = copy.deepcopy(llama)
+        assert torch.equal(_logits(twin, probe), sparse)
+        actlab.remove_(twin)
+        assert torch.equal(_logits(twin, probe), dense)
+        assert torch.equal(_logits(llama, probe), sparse)  # the original keeps its plan
+    finally:
+        actlab.remove_(llama)

@@ -1,7 +1,9 @@
 """Scoped hooks on canonical sites: read or replace activation tensors.
 
 Hooks exist only inside :func:`capture`; they are removed in ``finally`` so nothing stays
-attached by accident, even when the forward pass raises.
+attached by accident, even when the forward pass raises. :func:`attach` is the mechanism under it,
+for the one other owner: an applied sparsity plan (``actlab.apply_``) keeps its masking hooks until
+``actlab.remove_``.
 
 Example:
     >>> import actlab

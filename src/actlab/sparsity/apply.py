@@ -206,7 +206,9 @@ def apply_(model: nn.Module, plan: SparsityPlan, kernels: bool = False) -> nn.Mo
 
     Args:
         model: the model the plan was made for, or that model inside ``torch.compile``, DDP or PEFT
-            wrappers (a PEFT LoRA layer's input is masked for its base and LoRA branches alike).
+            wrappers (a PEFT LoRA layer's input is masked for its base and LoRA branches alike;
+            apply after ``get_peft_model``: LoRA injected later wraps the masked base layer, so
+            its own branch would read the unmasked input).
         plan: a calibrated :class:`SparsityPlan`.
         kernels: swap in the sparse-input CPU kernel modules (``actlab.kernels``), which skip the
             weight rows of masked inputs and so decode faster; entries the kernels cannot take
