@@ -152,3 +152,19 @@ def test_inductor_compiled_model_with_a_plan_gives_the_eager_logits(model_and_pl
     finally:
         actlab.remove_(model)
         torch._dynamo.reset()
+
+
+def test_plan_on_an_accelerate_prepared_model(model_and_plan):
+    accelerate = pytest.importorskip("accelerate")
+    model, plan = model_and_plan
+    ids = _ids(model)
+    actlab.apply_(model, plan)
+    expected = _logits(model, ids)
+    actlab.remove_(model)
+    prepared = accelerate.Accelerator(cpu=True).prepare(model)  # one process: the model itself (or DDP)
+    actlab.apply_(prepared, plan)
+    try:
+        torch.testing.assert_close(_logits(prepared, ids), expected, rtol=0, atol=0)
+    finally:
+        actlab.remove_(prepared)
+    assert not masked_modules(prepared)
