@@ -95,13 +95,3 @@ def test_summary_bytes_skipped_frac_is_the_plans_own(run):
     assert summary["speed"]["bytes_skipped_frac"] == pytest.approx(plan.metrics["bytes_skipped_frac"])
     assert summary["speed"]["ceiling"] == pytest.approx(1 / (1 - plan.metrics["bytes_skipped_frac"]))
     assert 0 < summary["eval"]["bytes_skipped_frac"] < 1
-
-
-def test_summary_bytes_skipped_frac_is_the_plans_own(run):
-    """One definition: the benchmark section reports the saved plan's ``bytes_skipped_frac``; the eval
-    section's is the same function on the sparsity measured on the eval split."""
-    out, summary = run
-    plan = actlab.SparsityPlan.load(out / "plan")
-    assert summary["speed"]["bytes_skipped_frac"] == pytest.approx(plan.metrics["bytes_skipped_frac"])
-    assert summary["speed"]["ceiling"] == pytest.approx(1 / (1 - plan.metrics["bytes_skipped_frac"]))
-    assert 0 < summary["eval"]["bytes_skipped_frac"] < 1

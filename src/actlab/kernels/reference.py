@@ -2,6 +2,8 @@
 
 Masking is ``torch.where(|v| > t, v, 0)``, never ``v * mask``: a masked NaN must become 0 (NaN * 0 is NaN),
 while a kept +-inf propagates exactly as in a dense matmul. NaN compares false, so it is always masked.
+Weights are used as a dense layer fed the masked input uses them: a NaN or inf weight turns its output
+NaN even in a masked row (``0 * inf``); the kernels hand calls with non-finite weights to these functions.
 These functions are differentiable and run on any device and dtype; the compiled kernels must match them
 within floating-point tolerance.
 """
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from actlab.functions.table import ActivationFunction, get_function, kernel_functions
+from actlab.kernels._args import check_linear_args, check_mlp_args
 
 __all__ = ["Activation", "mask_below", "sparse_gated_mlp_reference", "sparse_linear_reference"]
 
@@ -87,6 +90,7 @@ def sparse_linear_reference(
         >>> sparse_linear_reference(x, wt, 0.5)
         tensor([[1., 0.]])
     """
+    check_linear_args(x, wt, threshold, bias)  # the kernel's boundary checks: one error on every path
     y = mask_below(x, threshold) @ wt  # [..., out]
     return y if bias is None else y + bias
 
@@ -124,6 +128,7 @@ def sparse_gated_mlp_reference(
         >>> y.shape
         torch.Size([1, 4])
     """
+    check_mlp_args(x, w_gate_t, w_up, w_down_t, (t_in, t_act, t_down), biases)
     b_gate, b_up, b_down = biases
     xm = mask_below(x, t_in)
     gate = xm @ w_gate_t  # [..., d_ff]
