@@ -16,8 +16,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from actlab.data.base import Corpus, CorpusError, CorpusWarning, text_fingerprint
-from actlab.data.files import JSONL_SUFFIXES, read_directory, read_jsonl, read_text_file
+from actlab.data.base import Corpus, CorpusError, CorpusWarning
+from actlab.data.files import (
+    JSONL_SUFFIXES,
+    documents_fingerprint,
+    is_blank,
+    read_directory,
+    read_jsonl,
+    read_text_file,
+)
 
 DEFAULT_SPEC = "default"
 DEFAULT_FIELD = "text"
@@ -34,14 +41,14 @@ def _split_jsonl_field(spec: str) -> tuple[Path, str] | None:
 
 
 def _drop_empty(corpus: Corpus, spec: str) -> Corpus:
-    docs = [d for d in corpus.documents if d.strip()]
+    docs = [d for d in corpus.documents if not is_blank(d)]  # is_blank: a large file's text is not read again
     if not docs:
         raise CorpusError(
             f"corpus {spec!r} has no text (empty or whitespace only); {_FORMS} with some text in it"
         )
     if len(docs) == len(corpus.documents):
         return corpus
-    return Corpus(corpus.name, docs, text_fingerprint(docs), corpus.meta)
+    return Corpus(corpus.name, docs, documents_fingerprint(docs), corpus.meta)
 
 
 def check_corpus_spec(spec: str | Path | None) -> None:
@@ -56,6 +63,8 @@ def check_corpus_spec(spec: str | Path | None) -> None:
         return
     text = str(spec).strip()
     path = Path(text).expanduser()
+    if isinstance(spec, str) and text in OFFLINE_TEXTS:
+        return
     with_field = _split_jsonl_field(text) if not path.exists() and isinstance(spec, str) else None
     if not path.exists() and (with_field is None or not with_field[0].exists()):
         raise CorpusError(f"corpus {text!r} does not exist; {_FORMS}")

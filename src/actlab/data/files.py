@@ -3,19 +3,107 @@
 Granularity: one text file is one document (it is not split on blank lines, so no separator token is inserted
 inside a file); one JSONL record is one document. Newlines are normalised to ``\\n`` so a checkout with CRLF
 line endings gives the same corpus and fingerprint.
+
+Memory: a file larger than ``LAZY_BYTES`` is never held whole. Its document is a :class:`FileText`, checked
+and fingerprinted in a streaming pass at load and read again in blocks only as far as tokenisation needs
+(``actlab.data.tokens`` stops once the windows asked for are covered).
 """
 
 from __future__ import annotations
 
 import codecs
+import hashlib
 import json
+import os
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from actlab.data.base import Corpus, CorpusError, CorpusWarning
 
 SNIFF_BYTES = 8192
 JSONL_SUFFIXES = (".jsonl",)
+#: files larger than this are read lazily, in blocks (see the module docstring)
+LAZY_BYTES = 8 << 20
+BLOCK_BYTES = 1 << 20
+
+
+class FileText:
+    """The normalised text of one large UTF-8 file, read in blocks on demand instead of held in memory.
+
+    ``blocks()`` yields the same text ``read_text_file`` would hold for a small file (BOM dropped, newlines
+    normalised), so tokens and fingerprints do not depend on the file's size. ``len()`` is its length in
+    characters; ``str()`` reads it whole (only for code that truly needs the string).
+
+    Example:
+        >>> doc = FileText.scan(Path("big.txt"))            # doctest: +SKIP
+        >>> sum(len(b) for b in doc.blocks()) == len(doc)   # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, path: Path, chars: int, nbytes: int, blank: bool) -> None:
+        self.path, self.chars, self.nbytes, self.blank = path, chars, nbytes, blank
+
+    @classmethod
+    def scan(cls, path: Path) -> FileText | None:
+        """Check the whole file in one streaming pass; None when it is binary (NUL bytes or not UTF-8)."""
+        with path.open("rb") as f:
+            if is_binary(f.read(SNIFF_BYTES)):
+                return None
+        chars = nbytes = 0
+        blank = True
+        try:
+            for block in cls(path, 0, 0, False).blocks():
+                chars += len(block)
+                nbytes += len(block.encode("utf-8", "surrogatepass"))
+                blank = blank and not block.strip()
+        except UnicodeDecodeError:
+            return None
+        return cls(path, chars, nbytes, blank)
+
+    def blocks(self) -> Iterator[str]:
+        """The text in blocks of about ``BLOCK_BYTES``, normalised as a whole file would be."""
+        decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        carry = ""  # a trailing "\r" waits for the next block: it may be half of "\r\n"
+        with self.path.open("rb") as f:
+            while True:
+                raw = f.read(BLOCK_BYTES)
+                text = carry + decoder.decode(raw, final=not raw)
+                carry = "\r" if text.endswith("\r") and raw else ""
+                text = text[:-1] if carry else text
+                if text:
+                    yield text.replace("\r\n", "\n").replace("\r", "\n")
+                if not raw:
+                    return
+
+    def __len__(self) -> int:
+        return self.chars
+
+    def __str__(self) -> str:
+        return "".join(self.blocks())
+
+    def __repr__(self) -> str:
+        return f"FileText({str(self.path)!r}, {self.chars} chars)"
+
+
+def is_blank(doc: str | FileText) -> bool:
+    """True when a document holds only whitespace (a FileText knows without reading itself again)."""
+    return doc.blank if isinstance(doc, FileText) else not doc.strip()
+
+
+def documents_fingerprint(documents: Iterable[str | FileText], n_hex: int = 16) -> str:
+    """`actlab.data.base.text_fingerprint` that streams `FileText` documents (equal text, equal fingerprint)."""
+    h = hashlib.sha256()
+    for doc in documents:
+        if isinstance(doc, FileText):
+            h.update(doc.nbytes.to_bytes(8, "little"))
+            for block in doc.blocks():
+                h.update(block.encode("utf-8", "surrogatepass"))
+        else:
+            data = doc.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+    return h.hexdigest()[:n_hex]
 
 
 def is_binary(head: bytes) -> bool:
@@ -36,8 +124,10 @@ def is_binary(head: bytes) -> bool:
     return False
 
 
-def _decode(path: Path) -> str | None:
-    """The file's text, or None when it is binary (NUL bytes or not UTF-8 anywhere in it)."""
+def _decode(path: Path) -> str | FileText | None:
+    """The file's text (a `FileText` when large), or None when it is binary (NUL bytes or not UTF-8 anywhere)."""
+    if os.path.getsize(path) > LAZY_BYTES:
+        return FileText.scan(path)
     data = path.read_bytes()
     if is_binary(data[:SNIFF_BYTES]):
         return None
@@ -60,7 +150,7 @@ def read_text_file(path: Path) -> Corpus:
             f"corpus file {str(path)!r} is binary (NUL bytes or not UTF-8); pass a UTF-8 text file, "
             "a .jsonl file or a directory of text files"
         )
-    return Corpus.from_documents(path.name, [text], kind="file", path=str(path))
+    return Corpus(path.name, [text], documents_fingerprint([text]), {"kind": "file", "path": str(path)})
 
 
 def _jsonl_documents(path: Path, field: str) -> list[str]:
@@ -104,7 +194,8 @@ def read_jsonl(path: Path, field: str = "text") -> Corpus:
     Example:
         >>> read_jsonl(Path("data.jsonl"), field="content")  # doctest: +SKIP
     """
-    head = path.read_bytes()[:SNIFF_BYTES]
+    with path.open("rb") as f:
+        head = f.read(SNIFF_BYTES)
     if is_binary(head):
         raise CorpusError(f"corpus file {str(path)!r} is binary, not JSONL text; pass a UTF-8 .jsonl file")
     docs = _jsonl_documents(path, field)
@@ -131,7 +222,7 @@ def read_directory(root: Path, field: str = "text") -> Corpus:
     Example:
         >>> read_directory(Path("my_texts/"))  # doctest: +SKIP
     """
-    docs: list[str] = []
+    docs: list[str | FileText] = []
     skipped: list[str] = []
     for path in _walk(root):
         if path.suffix.lower() in JSONL_SUFFIXES:
@@ -149,6 +240,5 @@ def read_directory(root: Path, field: str = "text") -> Corpus:
             CorpusWarning,
             stacklevel=3,
         )
-    return Corpus.from_documents(
-        root.name or str(root), docs, kind="directory", path=str(root), skipped_binary=len(skipped)
-    )
+    return Corpus(root.name or str(root), docs, documents_fingerprint(docs),
+                  {"kind": "directory", "path": str(root), "skipped_binary": len(skipped)})

@@ -9,6 +9,11 @@ the seed, so calib windows are disjoint from eval windows for every seed and eve
 ``seed`` only picks *which* windows of the split are used when fewer than all are asked for: windows are ranked
 by ``sha256(seed, index)`` and the first ``ceil(num_tokens / seq_len)`` are taken (returned in stream order).
 The ranking is nested: asking for more tokens gives a superset.
+
+Pool: the ranking runs over the windows of the first ``POOL_TOKENS`` tokens of the stream (every window, for
+a corpus up to that size, such as the default corpus), or over the first ``POOL_TOKENS * 2**k`` tokens when a
+request needs more; only that much text is read and tokenised. Requests within one pool size are nested and
+see the same windows; the split of a window never changes, so splits stay disjoint across every request.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from actlab.data.tokens import token_stream, tokenizer_fingerprint
 SPLIT_CYCLE = ("calib", "eval", "calib", "eval", "test")
 SPLITS = ("calib", "eval", "test")
 SCHEME = "interleave:" + ",".join(SPLIT_CYCLE)
+#: the smallest pool windows are ranked over (tokens); 4M covers the default corpus with every tokenizer
+POOL_TOKENS = 1 << 22
 
 
 class WindowError(ValueError):
@@ -76,6 +83,21 @@ def _rank(seed: int, index: int) -> bytes:
     return hashlib.sha256(f"{seed}:{index}".encode()).digest()
 
 
+def pool_tokens(wanted: int, split: str, chunk: int) -> int:
+    """Tokens of stream the ranking runs over so that ``split`` can hold ``wanted`` windows of ``chunk`` tokens.
+
+    Example:
+        >>> pool_tokens(8, "eval", 256) == POOL_TOKENS
+        True
+    """
+    per_cycle = SPLIT_CYCLE.count(split)
+    need = -(-wanted // per_cycle) * len(SPLIT_CYCLE) * chunk  # whole cycles: enough windows of this split
+    pool = POOL_TOKENS
+    while pool < need:
+        pool *= 2
+    return pool
+
+
 def _check_args(seq_len: int, num_tokens: int | None, split: str, prepend_bos: bool) -> None:
     if split not in SPLITS:
         raise WindowError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
@@ -111,8 +133,10 @@ def build_windows(
     bos = getattr(tokenizer, "bos_token_id", None)
     if prepend_bos and not isinstance(bos, int):
         raise WindowError("prepend_bos=True but the tokenizer has no bos_token_id; pass prepend_bos=False")
-    stream = token_stream(corpus, tokenizer)
     chunk = seq_len - int(prepend_bos)
+    pool = None if num_tokens is None else pool_tokens(math.ceil(num_tokens / seq_len), split, chunk)
+    stream = token_stream(corpus, tokenizer, min_tokens=pool)  # reads and tokenises only the pool
+    stream = stream[:pool] if pool is not None else stream
     n_total = stream.numel() // chunk
     available = [i for i in range(n_total) if split_of(i) == split]
     wanted = len(available) if num_tokens is None else math.ceil(num_tokens / seq_len)
