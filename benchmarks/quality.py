@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from actlab.data.windows import make_windows
     from actlab.envinfo import machine_line
     from actlab.eval.perplexity import perplexity
-    from actlab.eval.sparse import evaluate_plan
+    from actlab.plan_eval import evaluate_plan
     from actlab.sparsity.calibrate import calibration_windows, prepare
     from actlab.sparsity.collect import collect
     from actlab.sparsity.errors import PlanError

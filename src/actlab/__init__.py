@@ -34,7 +34,7 @@ _EXPORTS: dict[str, str] = {
     "PlanEntry": "actlab.sparsity.plan",
     "PlanError": "actlab.sparsity.errors",
     "search_quality": "actlab.sparsity.search",
-    "evaluate_plan": "actlab.eval.sparse",
+    "evaluate_plan": "actlab.plan_eval",
     "TealConfig": "actlab.sparsity.config",
     "WinaConfig": "actlab.sparsity.config",
     "ChessConfig": "actlab.sparsity.config",

@@ -69,7 +69,7 @@ def _calibrate_candidate(net: Any, cfg: dict[str, Any], calib: Any, heldout: Any
 
 def _eval_with_interval(net: Any, plan: Any, evals: Any, confidence: float) -> dict[str, Any]:
     """The eval split's strict result plus ``ppl_increase_ci_pct``, the interval computed as on held-out text."""
-    from actlab.eval.sparse import evaluate_plan
+    from actlab.plan_eval import evaluate_plan
     from actlab.sparsity.search import plan_window_nll, window_nll
 
     dense = window_nll(net, evals)

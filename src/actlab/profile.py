@@ -160,13 +160,12 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda k: None
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        from actlab.cli.common import console
-
-        self._bar = Progress(
+        self._bar = Progress(  # its own stderr console: the library does not import the CLI
             TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-            TimeRemainingColumn(), console=console, transient=False,
+            TimeRemainingColumn(), console=Console(stderr=True), transient=False,
         )
         self._bar.__enter__()
         task = self._bar.add_task("profile", total=self.total)

@@ -171,7 +171,7 @@ def test_the_method_list_is_complete():
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_is_calibrated_at_the_asked_sparsity(method, calib_and_eval):
     from actlab.engine.plan_bench import calibrate_at_sparsity
-    from actlab.eval.sparse import evaluate_plan
+    from actlab.plan_eval import evaluate_plan
 
     model, calib, heldout = calib_and_eval
     for target in (0.1, 0.2) if method == "cett" else (0.15,):  # cett's knob is searched: two targets

@@ -140,7 +140,7 @@ def _plan_case(case: str):
 @pytest.mark.parametrize("case", ["tied llama, teal", "qwen2 (q/k/v biases), wina", "llama, topk"])
 def test_metrics_bench_and_eval_report_one_bytes_skipped_frac(case):
     from actlab.engine.plan_bench import bench_plan
-    from actlab.eval.sparse import measured_metrics
+    from actlab.plan_eval import measured_metrics
     from actlab.sparsity.metrics import entry_metrics
 
     model, plan = _plan_case(case)

@@ -91,7 +91,7 @@ def test_measured_sparsity_within_two_points(llama, calib, prepared, config, tar
             llama(calib)
     finally:
         actlab.remove_(llama)
-    from actlab.eval.sparse import measured_metrics
+    from actlab.plan_eval import measured_metrics
 
     measured = measured_metrics(llama, plan, dropped)["sparsity_model_wide"]
     assert measured == pytest.approx(target, abs=0.02)

@@ -7,7 +7,7 @@ import torch
 
 import actlab
 from actlab.data.windows import make_windows
-from actlab.eval.sparse import evaluate_plan
+from actlab.plan_eval import evaluate_plan
 from actlab.sparsity.calibrate import calibration_windows, prepare
 
 

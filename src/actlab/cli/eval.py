@@ -42,7 +42,7 @@ def eval(  # noqa: A001  (the command is called eval)
 
         import actlab
         from actlab.data.windows import make_windows
-        from actlab.eval.sparse import PROTOCOLS, EvalError, evaluate_plan
+        from actlab.plan_eval import PROTOCOLS, EvalError, evaluate_plan
 
         if protocol not in PROTOCOLS:
             raise EvalError(f"unknown --protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")

@@ -1,5 +1,9 @@
 """Quality of a sparsity plan: perplexity dense and sparse on evaluation windows, and what it skips.
 
+It composes the two peers below it, ``actlab.sparsity`` (apply the plan, count what its masks drop) and
+``actlab.eval`` (perplexity), which do not import each other (``tests/test_layering.py``); hence its place
+at the top of the package, beside ``optimize``.
+
 Protocols:
     ``strict``  every token of every window is sparsified (and scored).
     ``teal``    the first half of each window runs dense and only the second half is sparsified and
