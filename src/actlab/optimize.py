@@ -17,6 +17,9 @@ from typing import Any
 from actlab.outputs import claims_output
 from actlab.sparsity.select import Budget, Interval, choose, increase_interval
 
+#: files every run writes into ``out`` (checked against files actlab did not write before any work starts)
+OUTPUT_FILES = ("plan/plan.json", "plan/thresholds.safetensors", "report.html", "summary.json")
+
 #: candidate methods tried by ``method="auto"``: (label, config dict)
 AUTO_CANDIDATES: tuple[dict[str, Any], ...] = (
     {"method": "teal", "allocation": "global"},
@@ -78,7 +81,7 @@ def _eval_with_interval(net: Any, plan: Any, evals: Any, confidence: float) -> d
     return {**ev.to_dict(), "ppl_increase_ci_pct": ci.as_list() if ci is not None else None}
 
 
-@claims_output(expect=("plan", "report.html", "summary.json"))  # locked from the first check to the last write
+@claims_output(expect=OUTPUT_FILES)  # locked from the first check to the last write
 def optimize(
     model: str = "smollm2-135m",
     out: str | os.PathLike = "runs/optimize",
@@ -128,6 +131,8 @@ def optimize(
     run_log, step = RunLog.start(locals(), step)  # the report's Run section: arguments, load, time per stage
     if (max_ppl_increase is None) == (sparsity is None):
         raise actlab.PlanError("give exactly one of max_ppl_increase or sparsity")
+    if not 0.5 <= confidence < 1:  # also the eval interval's level when there is no budget
+        raise actlab.PlanError(f"confidence must be in [0.5, 1), got {confidence}")
     budget = Budget(max_ppl_increase, confidence) if max_ppl_increase is not None else None
     out = check_writable(out, overwrite=overwrite)
     corpus = actlab.load_corpus(data)

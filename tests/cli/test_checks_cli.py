@@ -155,3 +155,22 @@ def test_json_output_is_valid_json_with_non_finite_numbers(capsys):
                 "nested": {"x": (float("nan"), 2)}})
     doc = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert doc == {"ppl": None, "curve": [1.0, None, None], "t": None, "nested": {"x": [None, 2]}}
+
+
+def test_optimize_twice_on_one_out_never_deletes_the_users_file(tmp_path, corpus):
+    """The case of the issue: a user's file inside D/plan/ survives a second optimize --out D."""
+    out = tmp_path / "D"
+    args = ["optimize", "--model", "random:tiny-llama", "--data", str(corpus), "--method", "teal", "--sparsity", "0.3",
+            "--calib-tokens", "256", "--search-tokens", "128", "--eval-tokens", "128", "--seq-len", "64",
+            "--new-tokens", "2", "--threads", "1", "--out", str(out)]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    (out / "plan" / "notes.md").write_text("why I chose this plan")
+    before = (out / "report.html").read_text()
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2 and "--overwrite" in _errors(res.output)[0], res.output
+    assert (out / "report.html").read_text() == before
+    res = runner.invoke(app, [*args, "--overwrite", "--sparsity", "0.4"])
+    assert res.exit_code == 0, res.output
+    assert (out / "plan" / "notes.md").read_text() == "why I chose this plan"
+    assert actlab.SparsityPlan.load(out / "plan").config.sparsity == 0.4

@@ -52,7 +52,9 @@ def optimize(
     if method != "auto" and method not in CONFIGS:
         fail(f"unknown sparsification method {method!r}; use auto or one of {', '.join(sorted(CONFIGS))}")
     checks.corpus(data)
-    checks.out_dir(out, overwrite, ("plan", "report.html", "summary.json"))
+    from actlab.optimize import OUTPUT_FILES
+
+    checks.out_dir(out, overwrite, OUTPUT_FILES)
     with cli_errors():
         from actlab.optimize import optimize as run
 
