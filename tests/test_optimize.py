@@ -81,7 +81,8 @@ def test_both_or_neither_target_is_refused_and_nothing_written(tmp_path, corpus)
 
 def test_a_bad_budget_or_confidence_is_refused_before_anything_runs(tmp_path, corpus):
     for kw, match in (({"max_ppl_increase": -1.0}, "must be positive"),
-                      ({"max_ppl_increase": 5.0, "confidence": 1.5}, "confidence")):
+                      ({"max_ppl_increase": 5.0, "confidence": 1.5}, "confidence"),
+                      ({"sparsity": 0.5, "confidence": 0.2}, "confidence")):
         with pytest.raises(actlab.PlanError, match=match):
             optimize("random:tiny-llama", out=tmp_path / "r", data=corpus, **kw, **SMALL)
     assert not (tmp_path / "r").exists()
