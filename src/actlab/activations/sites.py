@@ -145,12 +145,6 @@ def _layer_sites(i: int, prefix: str, ad: Adapter) -> list[Site]:
     ]
 
 
-def num_layers(model: nn.Module, adapter: Adapter | dict | None = None) -> int:
-    """Number of transformer layers, read from the adapter's layer list."""
-    ad = get_adapter(model, adapter)
-    return len(unwrap(model)[0].get_submodule(ad.layers))
-
-
 def resolve_sites(
     model: nn.Module,
     patterns: str | Iterable[str] | None = None,

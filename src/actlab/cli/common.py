@@ -118,9 +118,3 @@ def guarded(command: Callable[..., Any]) -> Callable[..., Any]:
                  "for the traceback, and include it with the output of `actlab env` in a bug report)", code=1)
 
     return run
-
-
-def run_guarded(fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` with the CLI's error handling."""
-    with cli_errors():
-        return fn()

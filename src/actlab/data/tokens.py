@@ -177,10 +177,6 @@ class _Stream:
         return self.tokens
 
 
-def _tokenize(corpus: Corpus, tokenizer: Any) -> torch.Tensor:
-    return _Stream(corpus, tokenizer).upto(None)
-
-
 def _disk_path(key: tuple[str, str]) -> Any:
     return cache_root() / "tokens" / f"{key[0]}-{key[1]}-f{STREAM_FORMAT}.npy"
 

@@ -66,11 +66,6 @@ class Adapter:
     embed: tuple[str, ...] = ("model.embed_tokens",)
     lm_head: tuple[str, ...] = ("lm_head",)
 
-    @property
-    def mlp_in_site(self) -> str:
-        """Canonical name of the MLP input site: ``mlp.gate_up_in`` if gated, else ``mlp.in``."""
-        return "mlp.gate_up_in" if self.gated else "mlp.in"
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Adapter:
         """Build a user mapping, e.g. ``{"layers": "model.layers", "qkv": ["attn.wqkv"], ...}``."""

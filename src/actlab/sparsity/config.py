@@ -106,11 +106,6 @@ def config_from_dict(d: dict[str, Any]) -> SparsityConfig:
         raise PlanError(f"{d['method']}: invalid config: {e}") from e
 
 
-def method_names() -> list[str]:
-    """Registered method names, sorted."""
-    return sorted(CONFIGS)
-
-
 @dataclass(frozen=True)
 class _ThresholdConfig(SparsityConfig):
     """Shared fields of the calibrated methods.
