@@ -13,7 +13,7 @@ from kernel_helpers import assert_matches, needs_ext
 
 from actlab.kernels import ops
 from actlab.kernels._args import all_finite
-from actlab.kernels.linear import SparseLinear
+from actlab.kernels.linear import SparseGatedMLP, SparseLinear
 from actlab.kernels.reference import sparse_gated_mlp_reference, sparse_linear_reference
 
 pytestmark = needs_ext
@@ -206,6 +206,19 @@ def test_finite_check_is_cached_and_sees_in_place_changes():
             after = sparse(x)
     ref = sparse_linear_reference(x, sparse.weight_t.detach(), sparse.threshold, sparse.bias.detach())
     assert before[0].isfinite().all() and torch.equal(after.isnan(), ref.isnan())
+
+
+def test_modules_check_shapes_when_built():
+    w_t = torch.randn(16, 8)
+    with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
+        SparseLinear(w_t, 0.1, bias=torch.randn(7))
+    with pytest.raises(ValueError, match="threshold"):
+        SparseLinear(w_t, torch.rand(15))
+    g, u, d = torch.randn(16, 40), torch.randn(40, 16), torch.randn(40, 16)
+    with pytest.raises(ValueError, match=r"b_down must have shape \(16,\)"):
+        SparseGatedMLP(g, u, d, biases=(None, None, torch.randn(40)))
+    with pytest.raises(ValueError, match="threshold"):
+        SparseGatedMLP(g, u, d, t_act=torch.rand(16))
 
 
 def test_threshold_edge_values_agree():

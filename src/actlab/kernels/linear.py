@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from actlab.kernels import ops
+from actlab.kernels._args import check_bias
 from actlab.kernels.reference import Activation
 
 __all__ = ["SparseGatedMLP", "SparseLinear"]
@@ -85,6 +86,7 @@ class SparseLinear(nn.Module):
         """Wraps an already transposed ``[in, out]`` weight; most callers want :meth:`from_linear`."""
         super().__init__()
         self.weight_t = _frozen(_kernel_layout(weight_t))  # [in, out]
+        check_bias("bias", bias, weight_t.shape[1])  # at construction, not at the first decoded token
         self.bias = None if bias is None else _frozen(bias.detach().contiguous())
         self.register_buffer("threshold", _threshold_buffer(threshold, weight_t.shape[0], weight_t))
         self.split_sizes = None if split_sizes is None else tuple(int(s) for s in split_sizes)
@@ -192,6 +194,7 @@ class SparseGatedMLP(nn.Module):
         self.w_up = _frozen(w_up.detach().contiguous())  # [d_ff, d_model], row-sparse reads
         self.w_down_t = _frozen(_kernel_layout(w_down_t))  # [d_ff, d_model]
         for name, b in zip(("b_gate", "b_up", "b_down"), biases, strict=True):
+            check_bias(name, b, d_model if name == "b_down" else d_ff)
             setattr(self, name, None if b is None else _frozen(b.detach().contiguous()))
         self.register_buffer("t_act", _threshold_buffer(t_act, d_ff, w_up))
         self.register_buffer("t_in", _threshold_buffer(t_in, d_model, w_up))
