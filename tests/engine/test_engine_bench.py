@@ -214,3 +214,30 @@ def test_bench_cli_calibrates_cett_at_the_asked_sparsity(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout[res.stdout.index("{"):])
     assert out["method"] == "cett" and abs(out["sparsity_model_wide"] - 0.12) <= 0.01
+
+
+@pytest.mark.parametrize("method", ["teal", "cats"])
+def test_the_timed_sparse_variant_decodes_what_the_masking_path_decodes(method, calib_and_eval):
+    """What bench times is the plan itself: the engine's prefill (dense path of the kernel modules) and its
+    decode steps (the C kernels) give the masking path's greedy tokens."""
+    from actlab.engine import generate
+    from actlab.engine.plan_bench import calibrate_at_sparsity, kernels_applied
+    from actlab.kernels import ops
+    from actlab.kernels.swap import kernel_modules
+
+    if not ops.available():
+        pytest.skip("compiled extension not built")
+    model, calib, heldout = calib_and_eval
+    plan = calibrate_at_sparsity(model, method, 0.3, calib)
+    prompt = heldout[:2, :12]  # 2 sequences: decode steps of 2 rows take the multi-row kernel
+    dense = generate(model, prompt, 10).tokens
+    actlab.apply_(model, plan)
+    try:
+        masked = generate(model, prompt, 10).tokens
+    finally:
+        actlab.remove_(model)
+    with kernels_applied(model, plan):
+        assert kernel_modules(model)
+        fast = generate(model, prompt, 10).tokens
+    assert torch.equal(fast, masked)
+    assert not torch.equal(masked, dense)  # the plan changes the output: the comparison can fail
