@@ -11,6 +11,7 @@ from actlab.sparsity.config import (
     CatsConfig,
     CettConfig,
     ChessConfig,
+    ComposedConfig,
     TealConfig,
     TopKConfig,
     WinaConfig,
@@ -28,6 +29,7 @@ CASES = [
     CatsConfig(0.2),
     TopKConfig(0.5),
     CettConfig(cett=0.15),
+    ComposedConfig(parts=(TealConfig(0.2).to_dict(), CettConfig(cett=0.1).to_dict()), sparsity=0.3),
 ]
 
 
