@@ -191,3 +191,12 @@ def test_out_dot_keeps_stage_and_lock_outside(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _write(".", {"a.json": "1"})
     assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "a.json"]
+
+
+def test_a_failed_run_leaves_no_empty_parent_directories(tmp_path):
+    out = tmp_path / "a" / "b" / "D"
+    with pytest.raises(RuntimeError), claim_output(out):
+        raise RuntimeError("the model did not load")
+    assert list(tmp_path.iterdir()) == []
+    _write(out, {"x.json": "1"})  # a successful run keeps them, of course
+    assert _tree(tmp_path) == {"a/b/D/x.json": "1"}

@@ -72,6 +72,7 @@ class _Claim:
     fd: int
     count: int
     overwrite: bool | None
+    created: list[Path]  # parent directories the lock file needed: removed again if left empty
 
 
 #: locks this process holds, by resolved path: re-entrant, so a run that holds ``out`` can stage into it
@@ -98,9 +99,10 @@ def _owner(fd: int) -> str:
         return "pid unknown"
 
 
-def _acquire(out: Path) -> int:
+def _acquire(out: Path) -> tuple[int, list[Path]]:
     _check_path(out)
     lock = lock_path(out)
+    created = [p for p in (lock.parent, *lock.parent.parents) if not p.exists()]
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -127,7 +129,7 @@ def _acquire(out: Path) -> int:
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv)[:300]}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(info).encode(), 0)
-    return fd
+    return fd, created
 
 
 @contextmanager
@@ -149,9 +151,9 @@ def output_lock(out: str | os.PathLike, overwrite: bool | None = None) -> Iterat
             if held.overwrite is None:
                 held.overwrite = overwrite
     if held is None:
-        fd = _acquire(path)
+        fd, created = _acquire(path)
         with _CLAIMS_GUARD:
-            _CLAIMS[key] = _Claim(fd, 1, overwrite)
+            _CLAIMS[key] = _Claim(fd, 1, overwrite, created)
     try:
         yield path
     finally:
@@ -165,6 +167,9 @@ def output_lock(out: str | os.PathLike, overwrite: bool | None = None) -> Iterat
             with _suppress_os():
                 lock_path(path).unlink()  # while still locked: see _acquire
             os.close(claim.fd)
+            for d in claim.created:  # innermost first: a failed run leaves no empty parents behind
+                with _suppress_os():
+                    d.rmdir()
 
 
 @contextmanager
