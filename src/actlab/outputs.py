@@ -279,7 +279,8 @@ def _check_existing(out: Path, overwrite: bool, expect: Iterable[str] = ()) -> t
     if clash:
         raise OutputError(
             f"--out {out}: {_names(clash)} was not written by actlab (or was changed since), and this run "
-            "would replace it; actlab never does, even with --overwrite: move it away or choose another --out"
+            "would replace it; actlab never does, even with --overwrite: move it away or choose another --out "
+            f"(files are actlab's only if {MANIFEST} lists them unchanged: outputs of older actlab versions are not)"
         )
     return present, ours
 
