@@ -32,8 +32,10 @@ def generate(
     checks.at_least("--max-new-tokens", max_new_tokens, 1)
     if sample:
         checks.positive("--temperature", temperature)
-    if not 0 <= seed < 2**63:
-        fail(f"--seed must be in [0, 2**63), got {seed}")
+    if not -(2**63) <= seed < 2**64:  # torch.manual_seed's range
+        fail(f"--seed must be in [-2**63, 2**64), got {seed}")
+    if not prompt:
+        fail("the prompt is empty: give the text to continue")
     checks.plan_dir(plan)
     with cli_errors():
         import torch
