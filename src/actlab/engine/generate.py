@@ -35,7 +35,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from actlab.engine.cache import cache_argument, check_cache, check_model_class, decoding, layer_lengths, make_cache
+from actlab.engine.cache import (
+    cache_argument,
+    check_cache,
+    check_model_class,
+    decoding,
+    layer_lengths,
+    make_cache,
+)
 
 __all__ = ["GenerateOutput", "generate"]
 
