@@ -214,3 +214,18 @@ def test_a_deep_copy_of_a_masked_model_is_masked_by_its_own_copy(llama, probe, p
         assert torch.equal(_logits(llama, probe), sparse)  # the original keeps its plan
     finally:
         actlab.remove_(llama)
+
+
+def test_the_kind_table_covers_every_plan_kind_and_refuses_others():
+    from actlab.sparsity.kinds import ENTRY_KINDS, entry_kind, mask
+    from actlab.sparsity.plan import KINDS
+
+    assert set(ENTRY_KINDS) == set(KINDS)
+    with pytest.raises(actlab.PlanError, match="unknown plan entry kind 'nope'"):
+        entry_kind("nope")
+    x = torch.tensor([[0.3, -1.0, 0.1, 2.0]])
+    assert torch.equal(mask("topk", x, torch.tensor(2.0)), torch.tensor([[0.0, -1.0, 0.0, 2.0]]))
+    assert torch.equal(mask("act", x, torch.tensor([0.2, 1.0, 0.0, 0.0])), torch.tensor([[0.3, 0.0, 0.1, 2.0]]))
+    q = torch.tensor([[0.0, 1.0], [1.0, 0.0]])  # a swap of the two channels: the mask acts on x Q
+    got = mask("input", torch.tensor([[0.1, 3.0]]), torch.tensor([1.0, 0.5]), rotation=q)
+    assert torch.equal(got, torch.tensor([[0.0, 3.0]]))
