@@ -137,6 +137,25 @@ def test_compiled_model_with_a_plan_gives_the_eager_logits(model_and_plan):
     torch.testing.assert_close(_logits(compiled, ids), dense, rtol=1e-4, atol=1e-5)
 
 
+def test_a_model_compiled_in_place_sees_a_plan_applied_after_its_first_run(model_and_plan):
+    model, plan = model_and_plan
+    ids = _ids(model)
+    actlab.apply_(model, plan)
+    eager = _logits(model, ids)
+    actlab.remove_(model)
+    model.compile(backend="aot_eager")  # nn.Module.compile: no wrapper, the module itself runs compiled
+    try:
+        assert is_compiled(model)
+        dense = _logits(model, ids)
+        actlab.apply_(model, plan)
+        torch.testing.assert_close(_logits(model, ids), eager, rtol=1e-4, atol=1e-5)
+        actlab.remove_(model)
+        torch.testing.assert_close(_logits(model, ids), dense, rtol=0, atol=0)
+    finally:
+        actlab.remove_(model)
+        torch._dynamo.reset()
+
+
 @pytest.mark.slow
 def test_inductor_compiled_model_with_a_plan_gives_the_eager_logits(model_and_plan):
     model, plan = model_and_plan

@@ -68,7 +68,10 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, str]:
 
 
 def is_compiled(model: nn.Module) -> bool:
-    """Whether ``model`` or a wrapper around it is a ``torch.compile`` module (hooks added later need a reset).
+    """Whether ``torch.compile`` runs ``model`` or part of it (hooks added later then need a reset).
+
+    True for an ``OptimizedModule`` anywhere among the wrappers, and for a model any of whose modules
+    was compiled in place (``module.compile()``).
 
     Example:
         >>> is_compiled(nn.Linear(2, 2))
@@ -79,7 +82,7 @@ def is_compiled(model: nn.Module) -> bool:
             return True
         attr = _inner_attr(model)
         if attr is None:
-            return False
+            return any(getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
         model = model._modules[attr]
 
 
