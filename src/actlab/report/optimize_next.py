@@ -93,7 +93,8 @@ def run_section(summary: dict[str, Any]) -> list[str]:
         return ["<h2>Run</h2>", "<p class='meta'>Not recorded in this summary (written by an older actlab).</p>"]
     mach, v = run["machine"], run["machine"]["versions"]
     rows = [
-        ["command", f"<code>{_esc(_call(run))}</code>"],
+        # each argument unbroken: a line break inside "--out" would not paste back
+        ["command", "<code>" + " ".join(f"<span class='nw'>{_esc(w)}</span>" for w in _call(run).split(" ")) + "</code>"],
         ["date (UTC)", _esc(run["date"])],
         ["CPU", _esc(f"{mach['cpu']}, {mach['usable_cpus']} usable of {mach['cpu_count']} logical CPUs")],
         ["CPU flags", _esc(" ".join(mach["cpu_flags"]) or "-")],
@@ -108,5 +109,5 @@ def run_section(summary: dict[str, Any]) -> list[str]:
     # cells are escaped above and hold markup (code): build the table here instead of _table's escaping
     body = "".join(f"<tr><th class='l'>{_esc(k)}</th><td class='l'>{val}</td></tr>" for k, val in rows)
     stages = _table(["stage", "wall time (s)"], [[s["stage"], f"{s['wall_s']:.1f}"] for s in run["stages"]])
-    return ["<h2>Run</h2>", busy_note(run), f"<table id='run'>{body}</table>", "<h3>Wall time per stage</h3>", stages,
+    return ["<style>.nw{white-space:nowrap}</style><h2>Run</h2>", busy_note(run), f"<table id='run'>{body}</table>", "<h3>Wall time per stage</h3>", stages,
             "<p class='meta'>Machine-readable: <code>summary.json</code> beside this file (key <code>run</code>).</p>"]

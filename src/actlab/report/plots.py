@@ -204,12 +204,13 @@ def quality_curve(data: dict[str, Any], path: Path) -> Path | None:
         bottom = min([0.0] + [p[1] for s in series for p in s["points"]]
                      + [m["increase_pct"] for m in marked] + [m["ci_pct"][0] for m in marked if m.get("ci_pct")])
         ax.set_ylim(bottom - 0.05 * (top - bottom), top)
-    ax.set_xlim(-2.0, 102.0)
+    xs = [p[0] for s in series for p in s["points"]] + [m["sparsity_pct"] for m in (ch, ev) if m]
+    ax.set_xlim(-2.0, min(102.0, 1.15 * max(xs + [data.get("target_sparsity_pct") or 0.0]) + 5.0))
     _percent_axis(ax.xaxis, 100)
     _percent_axis(ax.yaxis, 100)
     ax.set_xlabel("model-wide sparsity (%)")
     ax.set_ylabel("perplexity increase (%)")
-    ax.set_title("quality / sparsity: search probes on held-out calibration text")
+    ax.set_title("quality / sparsity on held-out calibration text (search probes)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.savefig(path)
