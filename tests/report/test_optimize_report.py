@@ -141,3 +141,12 @@ def test_chosen_row_is_marked(tmp_path, summary_factory, candidates_factory):
     s = summary_factory()
     page = _render(s, candidates_factory(s), tmp_path)
     assert '<tr class="chosen"><td class="l">teal (global) (chosen)</td>' in page
+
+
+def test_busy_note_discounts_the_runs_own_threads():
+    from actlab.report.optimize_next import busy_note
+
+    machine = {"usable_cpus": 2, "torch_threads": 2}
+    assert busy_note({"machine": machine, "load_start": [0.3], "load_end": [2.0]}) == ""  # only itself
+    assert "busy" in busy_note({"machine": machine, "load_start": [1.8], "load_end": [2.0]})  # others first
+    assert "busy" in busy_note({"machine": machine, "load_start": [0.2], "load_end": [4.1]})  # others joined

@@ -79,10 +79,12 @@ def _call(run: dict[str, Any]) -> str:
 def busy_note(run: dict[str, Any]) -> str:
     """A warning when the machine was loaded: speed ratios measured beside other jobs are noisy."""
     cpus = run["machine"].get("usable_cpus") or run["machine"].get("cpu_count") or 1
-    worst = max([(run.get(k) or [0.0])[0] for k in ("load_start", "load_end")])
+    own = run["machine"].get("torch_threads") or 0  # the load at the end includes this run's own threads
+    start, end = ((run.get(k) or [0.0])[0] for k in ("load_start", "load_end"))
+    worst = max(start, end - own)
     if worst <= 0.5 * cpus:
         return ""
-    return (f"<p class='verdict warn'>The machine was busy (1-minute load up to {worst:.2f} on {cpus} usable CPUs): "
+    return (f"<p class='verdict warn'>The machine was busy (1-minute load of other work up to {worst:.2f} on {cpus} usable CPUs): "
             "decode speed numbers are noisy; re-run <code>actlab bench</code> on an idle machine.</p>")
 
 
