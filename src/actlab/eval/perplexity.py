@@ -12,12 +12,12 @@ This function never changes the model; it only chooses which positions count.
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from actlab.models.scoring import per_window_nll
 
 
 @dataclass(frozen=True)
@@ -33,20 +33,6 @@ class PerplexityResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
-
-def _logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    transformers = sys.modules.get("transformers")
-    if transformers is not None and isinstance(model, transformers.PreTrainedModel):
-        # No KV cache: a single forward pass never reuses it, and it would cost memory per layer.
-        return model(input_ids, use_cache=False).logits
-    return model(input_ids).logits
 
 
 def _progress(total: int, enabled: bool) -> Any:
@@ -101,29 +87,19 @@ def perplexity(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive (got {batch_size})")
 
-    device = _model_device(model)
-    was_training = model.training
-    model.eval()
-    total_nll = 0.0  # python float (float64) so the sum over many batches does not drift
     bar = _progress(n_windows, progress)
     try:
         if bar is not None:
             bar.start()
             task = bar.add_task("ppl", total=n_windows)
-        for b in range(0, n_windows, batch_size):
-            batch = windows[b : b + batch_size].to(device=device, dtype=torch.long)  # [B, T]
-            logits = _logits(model, batch)  # [B, T, V]
-            for row in range(batch.shape[0]):
-                pred = logits[row, start - 1 : seq_len - 1].float()  # [T - start, V]: predicts targets below
-                target = batch[row, start:seq_len]  # [T - start]
-                total_nll += F.cross_entropy(pred, target, reduction="sum").item()
-            del logits
-            if bar is not None:
-                bar.advance(task, batch.shape[0])
+        sums = per_window_nll(model, windows, batch_size, start, reduction="sum",
+                              on_batch=None if bar is None else lambda n: bar.advance(task, n))
     finally:
         if bar is not None:
             bar.stop()
-        model.train(was_training)
+    total_nll = 0.0  # python float (float64), summed window by window so many windows do not drift
+    for window_sum in sums.tolist():
+        total_nll += window_sum
 
     tokens = n_windows * (seq_len - start)
     nll = total_nll / tokens

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from actlab.models.scoring import per_window_nll
 from actlab.sparsity.apply import apply_, remove_
 from actlab.sparsity.errors import PlanError
 from actlab.sparsity.methods.base import Method
@@ -83,36 +84,16 @@ def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> 
     """``[n_windows]`` mean next-token NLL (nats) of each window, every predicted position scored.
 
     The same quantity as :func:`actlab.eval.perplexity.perplexity` (``ppl = exp(mean)`` over equal-length
-    windows), kept per window because the budget's interval is over windows. Computed here rather than
-    imported, so ``sparsity`` does not depend on ``eval``.
+    windows), kept per window because the budget's interval is over windows; both are scored by
+    :func:`actlab.models.scoring.per_window_nll`.
 
     Example:
         >>> nll = window_nll(model, heldout)          # doctest: +SKIP
         >>> math.exp(nll.mean().item())                # doctest: +SKIP  (the perplexity)
     """
-    import sys
-
-    import torch.nn.functional as F
-
     if windows.dim() != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
         raise PlanError(f"held-out windows must be [n >= 1, seq_len >= 2] token ids, got {tuple(windows.shape)}")
-    hf = sys.modules.get("transformers")
-    is_hf = hf is not None and isinstance(model, hf.PreTrainedModel)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    out = torch.empty(windows.shape[0], dtype=torch.float64)
-    try:
-        for b in range(0, windows.shape[0], batch_size):
-            batch = windows[b: b + batch_size].to(device=device, dtype=torch.long)  # [B, T]
-            # no KV cache: one forward never reuses it
-            logits = (model(batch, use_cache=False) if is_hf else model(batch)).logits  # [B, T, V]
-            for row in range(batch.shape[0]):  # one window's logits in float32 at a time
-                out[b + row] = F.cross_entropy(logits[row, :-1].float(), batch[row, 1:]).item()
-            del logits
-    finally:
-        model.train(was_training)
-    return out
+    return per_window_nll(model, windows, batch_size)
 
 
 def plan_window_nll(model: nn.Module, plan: SparsityPlan, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
