@@ -17,6 +17,7 @@ _USER_ERRORS: list[tuple[str, str]] = [
     ("actlab.data.windows", "WindowError"),
     ("actlab.outputs", "OutputError"),
     ("actlab.sparsity.errors", "PlanError"),
+    ("actlab.train.errors", "TrainError"),
 ]
 
 
