@@ -9,6 +9,7 @@ Example:
 from actlab.functions.table import (
     FUNCTIONS,
     ActivationFunction,
+    FATReLU,
     ModuleMatch,
     UnknownActivationError,
     get_function,
@@ -21,6 +22,7 @@ from actlab.functions.table import (
 __all__ = [
     "FUNCTIONS",
     "ActivationFunction",
+    "FATReLU",
     "ModuleMatch",
     "UnknownActivationError",
     "get_function",

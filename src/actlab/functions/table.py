@@ -30,6 +30,7 @@ from actlab.errors import ActlabError
 
 __all__ = [
     "FUNCTIONS",
+    "FATReLU",
     "ActivationFunction",
     "ModuleMatch",
     "UnknownActivationError",
@@ -112,6 +113,32 @@ def _quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
+class FATReLU(nn.Module):
+    """FATReLU (ProSparse): keep ``x`` only where ``x >= threshold``, else 0; ``threshold = 0`` is ReLU.
+
+    A parameterised function: the table's ``fn`` for it is the ``threshold = 0`` case; what a model runs is
+    this module, whose ``threshold`` the activation swap (``actlab.functions.swaps``) records in the config.
+
+    Example:
+        >>> FATReLU(0.5)(torch.tensor([-1.0, 0.2, 0.5, 2.0])).tolist()
+        [0.0, 0.0, 0.5, 2.0]
+    """
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        super().__init__()
+        self.threshold = float(threshold)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * (x >= self.threshold).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}"
+
+
+def _fatrelu(x: Tensor) -> Tensor:
+    return x * (x >= 0).to(x.dtype)
+
+
 _TORCH = "torch.nn.modules.activation."
 _HF = "transformers.activations."
 
@@ -187,6 +214,13 @@ for _entry in (
         _quick_gelu,
         modules=(ModuleMatch(_HF + "QuickGELUActivation"),),
         formula="x * sigmoid(1.702 * x)",
+    ),
+    ActivationFunction(
+        "fatrelu",
+        _fatrelu,
+        modules=(ModuleMatch("actlab.functions.table.FATReLU"),),
+        formula="x if x >= threshold else 0 (fn: threshold = 0)",
+        properties=MappingProxyType({"parameters": ("threshold",)}),
     ),
 ):
     register_function(_entry)

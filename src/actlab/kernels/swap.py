@@ -99,7 +99,8 @@ def _warn(message: str) -> None:
 
 
 def _is_plain_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear)
+    # a hooked linear (an activation swap's input ReLU, actlab.functions.swaps) would lose its hook in a kernel
+    return isinstance(module, nn.Linear) and not module._forward_pre_hooks and not module._forward_hooks
 
 
 def _kernel(entry: Any) -> str | None:

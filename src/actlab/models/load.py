@@ -110,6 +110,9 @@ def load_model(
     else:
         raise ModelLoadError(f"unknown model alias {spec!r}: aliases are {DEFAULT_MODEL}; {_FORMS}")
     get_adapter(model)  # fail now, with the supported list, rather than at the first hook
+    from actlab.functions.swaps import apply_recorded_swap
+
+    apply_recorded_swap(model)  # an activation swap config.hidden_act cannot express (FATReLU's θ, dReLU)
     model.eval()
     return model, tok
 

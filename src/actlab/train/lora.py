@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from actlab.functions.swaps import refresh_swap
 from actlab.models.wrappers import unwrap
 from actlab.train.config import TrainConfig
 from actlab.train.errors import TrainError
@@ -41,7 +42,9 @@ def wrap(model: nn.Module, config: TrainConfig) -> nn.Module:
                          f"its linears are named {sorted(names)}")
     lora = peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                            target_modules=list(config.lora_targets), bias="none")
-    return peft.get_peft_model(model, lora)
+    wrapped = peft.get_peft_model(model, lora)
+    refresh_swap(wrapped)  # an activation swap's input ReLUs move onto the LoRA layers (both branches)
+    return wrapped
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -51,6 +54,7 @@ def merge(model: nn.Module) -> nn.Module:
         merged = model.merge_and_unload()
         for p in merged.parameters():
             p.requires_grad_(False)
+        refresh_swap(merged)  # back onto the merged linears
         return merged
     for p in inner.parameters():
         p.requires_grad_(False)
