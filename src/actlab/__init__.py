@@ -41,6 +41,9 @@ _EXPORTS: dict[str, str] = {
     "CatsConfig": "actlab.sparsity.config",
     "TopKConfig": "actlab.sparsity.config",
     "CettConfig": "actlab.sparsity.config",
+    "train": "actlab.train.loop",
+    "TrainArgs": "actlab.train.loop",
+    "TrainResult": "actlab.train.loop",
 }
 
 

@@ -409,6 +409,44 @@ def _prune_empty(root: Path, d: Path) -> None:
         d = d.parent
 
 
+def record_outputs(out: str | os.PathLike, written: Iterable[str] = (), removed: Iterable[str] = ()) -> None:
+    """List files a run wrote straight into ``out`` (live logs, checkpoints) as actlab's in its manifest.
+
+    For outputs that must survive the run's own failure (a training checkpoint to resume from), so they
+    cannot wait for :func:`staged_output`. ``written``/``removed`` are paths relative to ``out``; a removed
+    directory drops every entry under it. The caller must hold ``out``'s lock (:func:`claim_output`).
+    """
+    out = Path(out).expanduser()
+    with _CLAIMS_GUARD:
+        held = _key(out) in _CLAIMS
+    if not held:
+        raise RuntimeError(f"record_outputs({out}) without holding its lock (claim_output)")
+    files = dict(_read_manifest(out))
+    for rel in removed:
+        files = {k: v for k, v in files.items() if k != rel and not k.startswith(rel.rstrip("/") + "/")}
+    for rel in written:
+        files[rel] = _fingerprint(out / rel)
+    write_json_atomic(out / MANIFEST, _manifest_doc(files))
+
+
+def remove_outputs(out: str | os.PathLike, rels: Iterable[str]) -> list[str]:
+    """Delete those of ``rels`` (files or directories under ``out``) that actlab wrote, unchanged since.
+
+    Files it did not write stay (and so do the directories holding them). Returns the files removed. The
+    caller must hold ``out``'s lock.
+    """
+    out = Path(out).expanduser()
+    present = _files(out) if out.is_dir() else []
+    wanted = [p for p in present if any(p == r or p.startswith(r.rstrip("/") + "/") for r in rels)]
+    ours = sorted(_ours(out, wanted))
+    for rel in reversed(ours):
+        (out / rel).unlink(missing_ok=True)
+        _prune_empty(out, (out / rel).parent)
+    if ours:
+        record_outputs(out, removed=ours)
+    return ours
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
     path = Path(path)

@@ -21,3 +21,29 @@ __all__ = [
     "register_config",
     "register_objective",
 ]
+
+
+# ``actlab.train`` is both this package and the verb ``actlab.train(model, config, data)``: importing any
+# submodule makes the package the ``actlab.train`` attribute, so the package itself is callable.
+def __getattr__(name: str):
+    if name in ("train", "TrainArgs", "TrainResult"):  # lazily: the loop imports the objectives' handlers
+        from actlab.train import loop
+
+        return getattr(loop, name)
+    raise AttributeError(f"module 'actlab.train' has no attribute {name!r}")
+
+
+def _install_call() -> None:
+    import sys
+    import types
+
+    class _Package(types.ModuleType):
+        def __call__(self, *args, **kwargs):
+            from actlab.train.loop import train
+
+            return train(*args, **kwargs)
+
+    sys.modules[__name__].__class__ = _Package
+
+
+_install_call()
