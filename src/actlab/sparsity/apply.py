@@ -78,6 +78,8 @@ class PlanMasks(nn.Module):
         #: positions < dense_prefix are left dense (the TEAL evaluation protocol)
         self.dense_prefix = 0
         self.track = False
+        #: masks pass gradients straight through the dropped channels (set by training objectives)
+        self.straight_through = False
         self.hooked: dict[str, HookedModule] = {}
         self._hooks: SiteHooks | None = None
 
@@ -104,7 +106,7 @@ class PlanMasks(nn.Module):
         hooked = self.hooked[site.module_paths[0]]
         state = hooked.entry
         edit = self._edit_keep(hooked) if self.track or self.dense_prefix > 0 else None
-        return mask(state.kind, x, state.threshold, state.rotation, edit)
+        return mask(state.kind, x, state.threshold, state.rotation, edit, self.straight_through)
 
     def _edit_keep(self, hooked: HookedModule):
         prefix = self.dense_prefix

@@ -77,22 +77,40 @@ def entry_kind(kind: str) -> EntryKind:
         raise PlanError(f"unknown plan entry kind {kind!r} (kinds: {', '.join(ENTRY_KINDS)})") from None
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the mask, bit-identical to ``masked_fill``; backward: the identity (straight-through).
+
+    The gradient of Q-Sparse's ``(masked - x).detach() + x``, without its forward rounding (``inf - inf``).
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        return z.masked_fill(~keep, 0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 def mask(
     kind: str,
     x: torch.Tensor,
     threshold: torch.Tensor,
     rotation: torch.Tensor | None = None,
     edit_keep: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    straight_through: bool = False,
 ) -> torch.Tensor:
     """``x`` with the channels an entry of ``kind`` drops set to zero.
 
     Args:
         rotation: ``Q`` ``[width, width]``: the mask acts on ``z = x Q`` and the result is ``mask(z) Q^T``.
         edit_keep: ``edit_keep(z, keep) -> keep``, to count what is dropped or keep positions dense.
+        straight_through: the same output, but the gradient passes the dropped channels as if kept
+            (training with a mask: ``actlab.train``'s ``mask-lora`` / ``topk-ste``); default: zero there.
     """
     z = x if rotation is None else x @ rotation
     keep = ENTRY_KINDS[kind].keep(z, threshold)
     if edit_keep is not None:
         keep = edit_keep(z, keep)
-    out = z.masked_fill(~keep, 0)
+    out = _StraightThrough.apply(z, keep) if straight_through else z.masked_fill(~keep, 0)
     return out if rotation is None else out @ rotation.T
