@@ -9,11 +9,17 @@ Example:
 from actlab.train.config import CONFIGS, DenseConfig, TrainConfig, config_from_dict, register_config
 from actlab.train.errors import TrainError
 from actlab.train.objective import Objective, handler_for, register_objective
+from actlab.train.objectives.deft_config import DeftConfig
+from actlab.train.objectives.mask_lora_config import MaskLoraConfig
+from actlab.train.objectives.topk_ste_config import TopKSteConfig
 
 __all__ = [
     "CONFIGS",
+    "DeftConfig",
     "DenseConfig",
+    "MaskLoraConfig",
     "Objective",
+    "TopKSteConfig",
     "TrainConfig",
     "TrainError",
     "config_from_dict",
