@@ -17,21 +17,24 @@ BROWSER = next((b for b in ("chromium", "chromium-browser", "google-chrome") if 
 
 
 def _rows(layers: int = 4, steps: int = 6) -> list[dict]:
-    """A synthetic run: a loss falling by step, density before 0.9 per layer and after 0.3 + 0.05 * layer."""
-    rows = [{"step": 0, "tokens": 0, "eval_ppl": 41.25, "density": {"0.01": [0.9] * layers, "0.1": [0.5] * layers},
+    """A synthetic run shaped like the loop's log: a loss falling by step, density before 0.9 per layer and
+    after 0.3 + 0.05 * layer (at ε = 0.01), 250 tokens/s."""
+    rows = [{"step": 0, "tokens": 0, "eval_ppl": 41.25, "eval_tokens": 256, "density_site": "mlp.act_out",
+             "density": {"0": [1.0] * layers, "0.01": [0.9] * layers, "0.1": [0.5] * layers},
              "zero_frac": [0.0] * layers}]
     for s in range(1, steps + 1):
-        rows.append({"step": s, "tokens": 512 * s, "loss": 4.0 - 0.25 * s, "lr": 1e-4, "tokens_per_s": 250.0,
-                     "elapsed_s": 2.0 * s, "density_loss": 0.8 - 0.1 * s})
-    rows.append({"step": steps, "tokens": 512 * steps, "eval_ppl": 30.5,
-                 "density": {"0.01": [0.3 + 0.05 * i for i in range(layers)], "0.1": [0.2] * layers},
+        rows.append({"step": s, "tokens": 512 * s, "loss": 4.0 - 0.25 * s, "lm_loss": 3.5 - 0.2 * s, "lr": 1e-4,
+                     "tokens_per_s": 250.0, "grad_norm": 0.5, "density_loss": 0.8 - 0.1 * s})
+    rows.append({"step": steps, "tokens": 512 * steps, "eval_ppl": 30.5, "eval_tokens": 256,
+                 "density": {"0": [0.5] * layers, "0.01": [0.3 + 0.05 * i for i in range(layers)],
+                             "0.1": [0.2] * layers},
                  "zero_frac": [0.5] * layers})
     return rows
 
 
 def _meta() -> dict:
     return {"config": {"objective": "deft", "adapter": "lora", "lora_r": 8, "weight": 1.0, "site": "mlp.act_out"},
-            "args": {"tokens": 3072, "seq_len": 64, "lr": 1e-4}, "model": "random:tiny-llama"}
+            "args": {"tokens": 3072, "seq_len": 64, "lr": 1e-4}, "steps": 6, "precision": "fp32"}
 
 
 def _write_run(d: Path, rows: list[dict], torn: bool = False) -> Path:
@@ -48,7 +51,8 @@ def _text(page: str) -> str:
 
 def test_summary_reads_the_first_and_last_evaluation():
     s = summarize(_rows())
-    assert s["tokens"] == 3072 and s["steps"] == 6 and s["time_s"] == 12.0
+    assert s["tokens"] == 3072 and s["steps"] == 6
+    assert s["time_s"] == pytest.approx(3072 / 250.0)  # from each interval's tokens/s: evaluations not counted
     assert s["ppl_before"] == 41.25 and s["ppl_after"] == 30.5
     assert s["ppl_change_pct"] == pytest.approx(100 * (30.5 / 41.25 - 1))
     assert s["density_before"] == pytest.approx(0.9)
@@ -67,14 +71,16 @@ def test_density_forms():
 
 def test_report_shows_headline_curves_and_config(tmp_path):
     run = _write_run(tmp_path / "run", _rows())
-    page = write_train_report(run).read_text()
+    page = write_train_report(run, run={"base_model": "random:tiny-llama", "command": "actlab train --objective deft"}
+                              ).read_text()
     head = _text(page.split("<h2>", 1)[0])
     for shown in ("deft", "random:tiny-llama", "3,072", "41.250 → 30.500", "-26.06%", "90.0% → 37.5%"):
         assert shown in head, (shown, head)
     assert page.count("data:image/png;base64,") == 3  # loss (with the density term), perplexity, density
     body = _text(page)
-    for field in ("lora_r", "site", "mlp.act_out", "seq_len"):
+    for field in ("lora_r", "site", "mlp.act_out", "seq_len", "precision", "actlab train --objective deft"):
         assert field in body
+    assert not list(run.glob(".report.html*"))  # written through a temporary file, none left
     assert "exact zeros" in body and "50.0%" in body
 
 

@@ -29,6 +29,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("generate", "generate"),
     ("bench", "bench"),
     ("optimize", "optimize"),
+    ("train", "train"),
 ]
 
 
@@ -42,7 +43,9 @@ def _options(
 
 
 for _module, _func in _COMMANDS:
-    app.command(name=_func)(guarded(getattr(importlib.import_module(f"actlab.cli.{_module}"), _func)))
+    _mod = importlib.import_module(f"actlab.cli.{_module}")
+    # a module may name its own click command class (train's help reads the objective registry only when shown)
+    app.command(name=_func, cls=getattr(_mod, "COMMAND_CLASS", None))(guarded(getattr(_mod, _func)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from actlab.report.plots import _figure, _layer_axis, _percent_axis
 LOG_FILE = "log.jsonl"
 CONFIG_FILE = "train_config.json"
 #: keys of a training row that are the loop's own, not an objective's metric
-_LOOP_KEYS = {"step", "tokens", "loss", "lr", "tokens_per_s", "elapsed_s", "time_s", "grad_norm", "epoch", "kind"}
+_LOOP_KEYS = {"step", "tokens", "loss", "lm_loss", "lr", "tokens_per_s", "elapsed_s", "time_s", "grad_norm", "epoch",
+              "kind"}
 
 _EXTRA_CSS = """
 .kpis{display:flex;flex-wrap:wrap;gap:.6rem;margin:.8rem 0}
@@ -101,8 +103,8 @@ REPORT_EPS = "0.01"
 def _per_layer(d: Any) -> list[float] | None:
     if isinstance(d, dict) and d and all(str(k).isdigit() for k in d):
         d = [d[k] for k in sorted(d, key=int)]
-    if isinstance(d, (list, tuple)) and d and all(_finite(v) for v in d):
-        return [float(v) for v in d]
+    if isinstance(d, (list, tuple)) and any(_finite(v) for v in d) and all(_finite(v) or v is None for v in d):
+        return [float(v) if v is not None else math.nan for v in d]  # None: a layer with nothing measured
     return None
 
 
@@ -130,7 +132,20 @@ def zero_fraction(row: dict[str, Any]) -> list[float] | None:
 
 
 def _mean(values: list[float] | None) -> float | None:
-    return sum(values) / len(values) if values else None
+    vals = [v for v in values or [] if _finite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _train_seconds(tr: list[dict[str, Any]]) -> float | None:
+    """Time spent training (evaluations excluded): each logged interval's tokens over its tokens/s."""
+    total, prev = 0.0, 0
+    for r in tr:
+        tokens, tps = r.get("tokens"), r.get("tokens_per_s")
+        if not (_finite(tokens) and _finite(tps) and tps > 0):
+            return None
+        total += (tokens - prev) / tps
+        prev = tokens
+    return total if tr else None
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -143,6 +158,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     first, last = (ev[0], ev[-1]) if ev else ({}, {})
     d0, d1 = layer_density(first) if ev else None, layer_density(last) if ev else None
     elapsed = next((r[k] for r in reversed(tr) for k in ("elapsed_s", "time_s") if _finite(r.get(k))), None)
+    elapsed = elapsed if elapsed is not None else _train_seconds(tr)
     ppl0, ppl1 = first.get("eval_ppl"), last.get("eval_ppl")
     return {
         "steps": int(tr[-1]["step"]) if tr and _finite(tr[-1].get("step")) else 0,
@@ -182,7 +198,11 @@ def loss_curve(rows: list[dict[str, Any]], path: Path) -> Path | None:
     extra = _metric_keys(tr)
     fig, axes = _figure(1, 2 if extra else 1, (11 if extra else 7, 3.8))
     ax = axes[0][0]
-    ax.plot([r["tokens"] for r in tr], [r["loss"] for r in tr], lw=1.2, color="tab:blue")
+    ax.plot([r["tokens"] for r in tr], [r["loss"] for r in tr], lw=1.2, color="tab:blue", label="total")
+    lm = [(r["tokens"], r["lm_loss"]) for r in tr if _finite(r.get("lm_loss"))]
+    if any(_finite(r.get("lm_loss")) and abs(r["lm_loss"] - r["loss"]) > 1e-6 for r in tr):  # an extra term
+        ax.plot([p[0] for p in lm], [p[1] for p in lm], lw=1, color="tab:orange", label="LM loss")
+        ax.legend(fontsize=7)
     ax.set_xlabel("tokens trained")
     ax.set_ylabel("loss (total)")
     ax.set_title("training loss")
@@ -259,7 +279,7 @@ def _headline(s: dict[str, Any], meta: dict[str, Any]) -> str:
         (f"{pct(s['density_before'])} {arrow} {pct(s['density_after'])}", "mean density over layers, before → after"),
     ]
     objective = (meta.get("config") or {}).get("objective") or meta.get("objective") or "?"
-    model = meta.get("model") or (meta.get("cli") or {}).get("model") or ""
+    model = meta.get("model") or (meta.get("run") or {}).get("base_model") or ""
     return "\n".join([
         f"<h1>Training run: {_esc(objective)}{' on ' + _esc(model) if model else ''}</h1>",
         "<div class='kpis' id='headline'>" + "".join(f"<div class='kpi'><b>{_esc(v)}</b><span>{_esc(k)}</span></div>"
@@ -275,15 +295,20 @@ def _value(v: Any) -> str:
     return "" if v is None else str(v)
 
 
+#: titles of train_config.json's sections (the loop's names) and of the caller's ``run`` record
+_SECTIONS = {"config": "objective config", "args": "loop arguments", "run": "command"}
+
+
 def _config_tables(meta: dict[str, Any]) -> list[str]:
     """One table per dict-valued key of train_config.json (objective config, loop arguments...), then the rest."""
     parts: list[str] = []
     scalars = [[k, _value(v)] for k, v in meta.items() if not isinstance(v, dict)]
     for key, val in meta.items():
         if isinstance(val, dict):
-            parts += [f"<h3>{_esc(key)}</h3>", _table(["field", "value"], [[k, _value(v)] for k, v in val.items()], left=2)]
+            title = _SECTIONS.get(key, key)
+            parts += [f"<h3>{_esc(title)}</h3>", _table(["field", "value"], [[k, _value(v)] for k, v in val.items()], left=2)]
     if scalars:
-        parts += ["<h3>run</h3>", _table(["field", "value"], scalars, left=2)]
+        parts += ["<h3>training</h3>", _table(["field", "value"], scalars, left=2)]
     return parts or ["<p class='meta'>No train_config.json in this run directory.</p>"]
 
 
@@ -294,9 +319,14 @@ def _density_table(s: dict[str, Any]) -> str:
     return _table(["layer", "before", "after"], rows, left=0)
 
 
-def render_train(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> str:
-    """One self-contained HTML page for a training run (plots drawn in a temporary directory and embedded)."""
-    meta = meta or {}
+def render_train(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None,
+                 run: dict[str, Any] | None = None) -> str:
+    """One self-contained HTML page for a training run (plots drawn in a temporary directory and embedded).
+
+    ``meta`` is ``train_config.json``; ``run`` what only the caller knows (the model and data names, the
+    command), shown as its own table.
+    """
+    meta = {**(meta or {}), **({"run": run} if run else {})}
     s = summarize(rows)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
@@ -329,9 +359,17 @@ def render_train(rows: list[dict[str, Any]], meta: dict[str, Any] | None = None)
     return "\n".join(parts)
 
 
-def write_train_report(out_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Render ``out_dir``'s log and config into ``path`` (default ``out_dir/report.html``); returns the path."""
+def write_train_report(out_dir: str | Path, path: str | Path | None = None, run: dict[str, Any] | None = None) -> Path:
+    """Render ``out_dir``'s log and config into ``path`` (default ``out_dir/report.html``), atomically.
+
+    ``run``: see :func:`render_train`. Returns the path.
+    """
     rows, meta = load_run(out_dir)
     path = Path(path) if path is not None else Path(out_dir) / "report.html"
-    path.write_text(render_train(rows, meta), encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(render_train(rows, meta, run), encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -1,0 +1,378 @@
+"""``actlab train``: induce activation sparsity by training (or fine-tune densely, the baseline).
+
+The objective's own fields (its config dataclass in ``actlab.train.CONFIGS``) are set with ``--set
+field=value`` (repeatable) or ``--config FILE.json``; the loop's settings (tokens, learning rate, schedule,
+checkpoints) are the command's options. Every option and field is checked before the model loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+import types
+import typing
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperCommand
+
+from actlab.cli import checks
+from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
+
+PRECISIONS = ("auto", "fp32", "bf16")
+#: what a run writes into --out (checked for foreign files before the model loads); checkpoints/ beside them
+OUTPUT_FILES = ("config.json", "model.safetensors", "train_config.json", "log.jsonl", "report.html")
+#: where --help lists the registered objectives (filled in only when help is shown: it imports torch)
+_OBJECTIVES_MARK = "OBJECTIVES-LIST"
+
+
+def train(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model to train: alias, directory, .gguf, random:<preset> or hub id."),
+    objective: str = typer.Option(None, "--objective", help="Training objective (listed above); may come from --config instead."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory: the trained model (save_pretrained, safetensors), train_config.json, log.jsonl, checkpoints/, report.html."),
+    sets: list[str] = typer.Option(None, "--set", help="Objective field as field=value (repeatable); lists as a,b,c. The fields of each objective are listed above."),
+    config_file: Path = typer.Option(None, "--config", help="JSON file with the objective's config (the dict of its fields; an 'objective' key is optional). --set overrides it."),
+    data: str = typer.Option("default", "--data", "-d", help="Corpus: 'default' (built-in, offline), a text file, a directory, a .jsonl[:field] or hf:<name>. Trains on its calib split, evaluates on its disjoint eval split."),
+    tokens: int = typer.Option(200_000, "--tokens", "-n", help="Training tokens in all (each window is seen once; the calib split must hold them)."),
+    seq_len: int = typer.Option(256, "--seq-len", "-L", help="Tokens per window."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Windows per micro-batch."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    lr: float = typer.Option(2e-4, "--lr", help="Peak learning rate (AdamW), after linear warmup; cosine decay to 10% of it."),
+    warmup: float = typer.Option(0.06, "--warmup", help="Warmup as a fraction of the optimizer steps, in [0, 1)."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the hardware supports it, else fp32), fp32 or bf16."),
+    eval_tokens: int = typer.Option(16384, "--eval-tokens", help="Evaluation tokens (eval split) for perplexity and density; 0: no evaluation."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Evaluate every N optimizer steps (0: only before and after training)."),
+    calib_tokens: int = typer.Option(16384, "--calib-tokens", help="Training tokens an objective calibrates on before training (mask-lora's thresholds)."),
+    checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Write a resumable checkpoint every N optimizer steps (0: none)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (same objective and options)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the window order and of LoRA's initialisation."),
+    threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help=checks.OVERWRITE_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+) -> None:
+    """Train a model with a sparsity-inducing objective; write an ordinary model directory and a report.
+
+    Trains on the calib split of --data for --tokens tokens, evaluates perplexity and per-layer
+    activation density on the disjoint eval split before and after, and writes into --out the model
+    (every actlab command takes it: actlab eval --model OUT, profile, calibrate, bench), train_config.json,
+    log.jsonl and report.html. Objectives (set their fields with --set field=value or --config FILE.json):
+
+    OBJECTIVES-LIST
+
+    Examples:
+
+        actlab train --objective dense --tokens 200000 --out runs/dense-ft
+
+        actlab calibrate --method teal --allocation global --sparsity 0.5 --out plans/teal50
+
+        actlab train --objective mask-lora --set plan=plans/teal50 --out runs/mask-lora
+
+        actlab train --objective deft --set weight=1.0 --out runs/deft
+
+        actlab train --objective relufy --set activation=drelu --set l1=1e-4 --set adapter=full --out runs/drelu
+
+        actlab train --objective topk-ste --set sparsity=0.4 --out runs/topk
+
+        actlab train --objective deft --out runs/deft --resume
+    """
+    _check_loop_options(tokens, seq_len, batch_size, grad_accum, lr, warmup, precision, eval_tokens,
+                                 eval_every, calib_tokens, checkpoint_every, threads)
+    with cli_errors():
+        config = build_config(objective, config_file, sets or [])
+        if hasattr(config, "load_plan"):  # a config naming a plan loads it now: a bad path fails before the model
+            config.load_plan()
+        args = _train_args(tokens=tokens, seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                           warmup=warmup, precision=precision, eval_every=eval_every,
+                           eval_tokens=max(eval_tokens, 1), checkpoint_every=checkpoint_every,
+                           calib_tokens=calib_tokens, seed=seed)
+    checks.corpus(data)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch only rank 0 writes
+    if main:
+        _check_out(out, resume, overwrite)
+    from actlab.outputs import claim_output
+
+    # --out is locked from here to the report's last byte (the loop's own claim nests inside this one)
+    with cli_errors(), claim_output(out, overwrite or resume, OUTPUT_FILES) if main else nullcontext():
+        import torch
+
+        import actlab
+        from actlab.data.windows import make_windows
+        from actlab.train.loop import train as run_train
+
+        if threads > 0:
+            torch.set_num_threads(threads)
+        quiet_libraries()
+        # PEFT asks transformers a deprecated question on every wrap; the user can do nothing about it
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        start = time.perf_counter()
+        net, tok = actlab.load_model(model)
+        corpus = actlab.load_corpus(data)
+        train_windows = make_windows(corpus, tok, seq_len, tokens, split="calib")
+        eval_windows = make_windows(corpus, tok, seq_len, eval_tokens, split="eval") if eval_tokens > 0 else None
+        result = run_train(net, config, train_windows, args=args, out=out, resume=resume, progress=True,
+                           eval_data=eval_windows, tokenizer=tok, overwrite=overwrite)
+        if not main:
+            return
+        run = {"base_model": model, "data": data, "command": _command(),
+               "wall_s": round(time.perf_counter() - start, 1)}
+        summary = _summary(result, out, config, run)
+    _print(summary)
+    if json_out:
+        print_json(summary)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def _check_loop_options(tokens: int, seq_len: int, batch_size: int, grad_accum: int, lr: float, warmup: float,
+                        precision: str, eval_tokens: int, eval_every: int, calib_tokens: int,
+                        checkpoint_every: int, threads: int) -> None:
+    checks.at_least("--tokens", tokens, 1)
+    checks.at_least("--seq-len", seq_len, 2)
+    checks.at_least("--batch-size", batch_size, 1)
+    checks.at_least("--grad-accum", grad_accum, 1)
+    checks.positive("--lr", lr)
+    if not 0.0 <= warmup < 1.0:
+        fail(f"--warmup is a fraction of the optimizer steps in [0, 1) (0.06 is 6%), got {warmup}")
+    checks.one_of("--precision", precision, PRECISIONS)
+    checks.at_least("--eval-tokens", eval_tokens, 0)
+    checks.at_least("--eval-every", eval_every, 0)
+    checks.at_least("--calib-tokens", calib_tokens, 1)
+    checks.at_least("--checkpoint-every", checkpoint_every, 0)
+    checks.at_least("--threads", threads, 0)
+    per_step = seq_len * batch_size * grad_accum
+    if tokens < per_step:
+        fail(f"--tokens {tokens} is less than one optimizer step ({per_step} tokens: --seq-len {seq_len} x "
+             f"--batch-size {batch_size} x --grad-accum {grad_accum}); raise --tokens or lower those")
+
+
+def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """``--out`` is writable as asked; with ``--resume`` it holds a checkpoint to continue from."""
+    if resume:
+        from actlab.train.checkpoint import latest
+
+        if not Path(out).is_dir():
+            fail(f"--resume: --out {out} does not exist; start the run without --resume first")
+        if latest(Path(out)) is None:
+            fail(f"--resume: {out} holds no checkpoint to continue from (a run writes them with --checkpoint-every "
+                 "N); start it again without --resume (add --overwrite to replace its files)")
+    # a resume replaces the run's own files as it continues it
+    checks.out_dir(out, overwrite or resume, OUTPUT_FILES)
+
+
+# ---------------------------------------------------------------------------------------------- the config
+
+
+def objective_names() -> list[str]:
+    """The registered objectives, ``dense`` first (the baseline), then alphabetical."""
+    import actlab.train.objectives  # noqa: F401  (registers the built-in objectives)
+    from actlab.train.config import CONFIGS
+
+    return sorted(CONFIGS, key=lambda n: (n != "dense", n))
+
+
+def build_config(objective: str | None, config_file: Path | None, sets: list[str]) -> Any:
+    """The objective's config from --objective, --config and --set, with every field checked.
+
+    Raises:
+        TrainError: unknown objective or field, a value of the wrong type, or a config the class refuses.
+    """
+    from actlab.train.config import CONFIGS, config_from_dict
+    from actlab.train.errors import TrainError
+
+    known = objective_names()
+    d: dict[str, Any] = _read_config_file(config_file) if config_file is not None else {}
+    named = d.pop("objective", None)
+    if objective is not None and named is not None and named != objective:
+        raise TrainError(f"--objective {objective} but --config {config_file} is for objective {named!r}; "
+                         "give one of them, or make them agree")
+    objective = objective or named
+    if objective is None:
+        raise TrainError(f"give --objective (one of {', '.join(known)}) or a --config file that names one")
+    cls = CONFIGS.get(objective)
+    if cls is None:
+        raise TrainError(f"unknown --objective {objective!r}; use one of {', '.join(known)}")
+    types = field_types(cls)
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise TrainError(f"--set {item!r} is not field=value (e.g. --set lora_r=16)")
+        if key not in types:
+            raise TrainError(f"unknown --set field {key!r} for objective {objective}; its fields are "
+                             f"{', '.join(types)}")
+        d[key] = parse_value(key, raw, types[key])
+    unknown = sorted(set(d) - set(types))
+    if unknown:
+        raise TrainError(f"--config {config_file}: unknown field(s) {', '.join(unknown)} for objective "
+                         f"{objective}; its fields are {', '.join(types)}")
+    return config_from_dict({"objective": objective, **d})
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    from actlab.train.errors import TrainError
+
+    try:
+        doc = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
+    except OSError as e:
+        raise TrainError(f"--config {path} cannot be read ({e.strerror})") from None
+    except ValueError as e:
+        raise TrainError(f"--config {path} is not JSON ({e})") from None
+    if isinstance(doc, dict) and isinstance(doc.get("config"), dict):
+        doc = doc["config"]  # a run's train_config.json: repeat its objective config
+    if not isinstance(doc, dict):
+        raise TrainError(f"--config {path} must hold a JSON object of the objective's fields")
+    return dict(doc)
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """``{field name: type}`` of a config dataclass, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, str) for f in dataclasses.fields(cls)}
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_value(key: str, raw: str, tp: Any) -> Any:
+    """``raw`` (the text after ``field=``) as the field's type: numbers, booleans, lists as a,b,c, none.
+
+    Example:
+        >>> parse_value("lora_targets", "q_proj,v_proj", tuple[str, ...])
+        ['q_proj', 'v_proj']
+    """
+    from actlab.train.errors import TrainError
+
+    raw = raw.strip()
+    origin, params = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in params and raw.lower() in ("none", "null", ""):
+            return None
+        inner = [p for p in params if p is not type(None)]
+        for p in inner:
+            try:
+                return parse_value(key, raw, p)
+            except TrainError:
+                continue
+        raise TrainError(f"--set {key}={raw}: expected {' or '.join(_type_name(p) for p in params)}")
+    if origin in (tuple, list):
+        elem = params[0] if params else str
+        return [parse_value(key, part, elem) for part in raw.split(",") if part.strip()]
+    if origin is typing.Literal:
+        if raw not in [str(p) for p in params]:
+            raise TrainError(f"--set {key}={raw}: use one of {', '.join(str(p) for p in params)}")
+        return next(p for p in params if str(p) == raw)
+    try:
+        if tp is bool:
+            if raw.lower() not in _TRUE + _FALSE:
+                raise ValueError
+            return raw.lower() in _TRUE
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+    except ValueError:
+        raise TrainError(f"--set {key}={raw}: expected {_type_name(tp)}") from None
+    if tp is str:
+        return raw
+    try:  # anything else (a dict field): JSON
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "text",
+            type(None): "none"}.get(tp, str(tp))
+
+
+def _train_args(**kwargs: Any) -> Any:
+    from actlab.train.loop import TrainArgs
+
+    return TrainArgs(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- the end
+
+
+def _summary(result: Any, out: Path, config: Any, run: dict[str, Any]) -> dict[str, Any]:
+    """The run's headline numbers; writes ``OUT/report.html`` and records it as actlab's (the lock is held)."""
+    from actlab.outputs import record_outputs
+    from actlab.report.train_report import summarize, write_train_report
+
+    report = write_train_report(out, run=run)
+    record_outputs(out, written=[report.name])
+    return {"objective": config.objective, "model": str(out), "report": str(report), **run,
+            "config": config.to_dict(), **summarize(result.history)}
+
+
+def _command() -> str:
+    import shlex
+    import sys
+
+    return shlex.join(["actlab", *sys.argv[1:]])
+
+
+def _print(s: dict[str, Any]) -> None:
+    def num(x: Any, fmt: str) -> str:
+        return "-" if x is None else fmt.format(x)
+
+    console.print(
+        f"{s['objective']}: trained {s['tokens']:,} tokens in {num(s['time_s'], '{:.1f}')} s ({s['steps']} steps, "
+        f"{num(s['tokens_per_s'], '{:.0f}')} tokens/s); eval perplexity {num(s['ppl_before'], '{:.3f}')} → "
+        f"{num(s['ppl_after'], '{:.3f}')}" + (f" ({s['ppl_change_pct']:+.2f}%)" if s["ppl_change_pct"] is not None
+                                               else "")
+        + f"; mean density {num(s['density_before'], '{:.1%}')} → {num(s['density_after'], '{:.1%}')}\n"
+        f"model: [bold]{s['model']}[/]  report: [bold]{s['report']}[/]",
+        highlight=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- help
+
+
+def objectives_help() -> str:
+    """One line per registered objective (its config docstring's first line) and its --set fields."""
+    from actlab.train.config import CONFIGS, TrainConfig
+
+    base = {f.name for f in dataclasses.fields(TrainConfig)}
+    lines = []
+    for name in objective_names():
+        cls = CONFIGS[name]
+        doc = (cls.__doc__ or "").strip().splitlines()
+        own = [f"{f.name}={_default(f)}" for f in dataclasses.fields(cls) if f.name not in base]
+        first = doc[0].replace("``", "") if doc else ""  # reST literals read as noise in a terminal
+        lines.append(f"* {name}: {first}" + (f" Fields: {', '.join(own)}." if own else ""))
+    shared = ", ".join(f"{f.name}={_default(f)}" for f in dataclasses.fields(TrainConfig))
+    lines.append(f"* every objective also takes: {shared}.")
+    return "\n\n".join(lines)
+
+
+def _default(f: dataclasses.Field) -> str:
+    v = f.default if f.default is not dataclasses.MISSING else (
+        f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+    if isinstance(v, (tuple, list)):
+        return ",".join(map(str, v)) if v else "()"
+    return '""' if v == "" else str(v)
+
+
+class TrainCommand(TyperCommand):
+    """The train command's help lists the objectives from the registry, read only when help is shown."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        if self.help and _OBJECTIVES_MARK in self.help:
+            try:
+                listing = objectives_help()
+            except Exception as e:  # help must still show when an objective module fails to import
+                listing = f"(the objective registry could not be read: {type(e).__name__}: {e})"
+            self.help = self.help.replace(_OBJECTIVES_MARK, listing.replace("[", "\\["))
+        super().format_help(ctx, formatter)
+
+
+#: the click command class ``actlab.cli.main`` registers this command with
+COMMAND_CLASS = TrainCommand
