@@ -11,6 +11,7 @@ from actlab.train.errors import TrainError
 from actlab.train.objective import Objective, handler_for, register_objective
 from actlab.train.objectives.deft_config import DeftConfig
 from actlab.train.objectives.mask_lora_config import MaskLoraConfig
+from actlab.train.objectives.relufy_config import RelufyConfig
 from actlab.train.objectives.topk_ste_config import TopKSteConfig
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "DenseConfig",
     "MaskLoraConfig",
     "Objective",
+    "RelufyConfig",
     "TopKSteConfig",
     "TrainConfig",
     "TrainError",
