@@ -18,8 +18,10 @@ from actlab.functions.swaps import (
     swap_record,
 )
 from actlab.models.adapters import act_function, get_adapter
+from actlab.models.presets import PRESETS, make_config
 
-GATED = ["tiny-llama", "tiny-phi3", "tiny-gemma2", "tiny-qwen3"]
+#: every tiny preset whose architecture's MLP is gated (the adapter table says which)
+GATED = sorted(p for p in PRESETS if p.startswith("tiny-") and get_adapter(make_config(p).model_type).gated)
 KINDS = [("relu", 0.0), ("fatrelu", 0.05), ("relu2", 0.0), ("drelu", 0.0)]
 
 
