@@ -41,8 +41,10 @@ def layer_density(model: nn.Module, windows: torch.Tensor, *, site: str = "mlp.a
     Raises:
         TrainError: the model has no such site.
     """
+    from actlab.models.scoring import model_device
     from actlab.profile import profile_model  # the one profiling pass: same hooks, same statistics
 
+    windows = windows.to(model_device(model))  # the profiling pass feeds them to the model as they are
     try:
         prof = profile_model(model, windows, sites=site, config=config, batch_size=batch_size, progress=False)
     except SiteError as e:
