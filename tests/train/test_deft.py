@@ -89,3 +89,19 @@ def test_evaluation_without_gradients_keeps_no_activations(model, ids):
     assert obj._tensors == []
     with pytest.raises(TrainError, match="inside objective.active"):
         obj.loss(trained, {"input_ids": ids}, trained(input_ids=ids, labels=ids))
+
+
+def test_through_the_loop_density_falls_at_the_profile_threshold(tmp_path):
+    from actlab.train.loop import TrainArgs, train
+
+    model, tok = actlab.load_model("random:tiny-llama")
+    args = TrainArgs(tokens=10 * 2 * 32, seq_len=32, batch_size=2, lr=1e-2, precision="fp32", log_every=1,
+                     calib_tokens=0, eval_tokens=64)
+    res = train(model, DeftConfig(eps=1e-2), windows(20), args=args, out=tmp_path / "out", progress=False,
+                eval_data=windows(2, seed=1), tokenizer=tok)
+    steps = [r for r in res.history if "density_loss" in r]
+    evals = [r for r in res.history if "eval_ppl" in r]
+    assert len(steps) == 10 and steps[-1]["density_loss"] < steps[0]["density_loss"]
+    assert evals[-1]["density_site"] == "mlp.act_out"
+    assert evals[-1]["density_0.01"] < evals[0]["density_0.01"]  # |a| > 0.01, as `actlab profile` counts
+    assert actlab.load_model(str(tmp_path / "out"))[0].config.model_type == "llama"

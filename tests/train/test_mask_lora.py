@@ -158,3 +158,42 @@ def test_recalibration_needs_a_calibrated_method(model, ids):
     with pytest.raises(TrainError, match="nothing to recalibrate"):
         handler_for(MaskLoraConfig(plan=topk, recalibrate_every=5)).prepare(model, ids)
     assert not masked_modules(model) and unwrap(model)[1] == ""
+
+
+# -- through the loop ---------------------------------------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+def _train(out, config, kill_at=None, resume=False):
+    from actlab.train.loop import TrainArgs, train
+
+    def kill(row):
+        if row.get("step") == kill_at and "loss" in row:
+            raise Killed
+
+    model, tok = actlab.load_model("random:tiny-llama")
+    args = TrainArgs(tokens=6 * 2 * 32, seq_len=32, batch_size=2, lr=1e-2, precision="fp32", log_every=1,
+                     checkpoint_every=3, calib_tokens=4 * 32, eval_tokens=64)
+    return train(model, config, windows(16), args=args, out=out, resume=resume, progress=False,
+                 eval_data=windows(2, seed=1), tokenizer=tok, callbacks=[kill])
+
+
+def test_a_killed_run_resumes_with_its_recalibrated_thresholds(tmp_path, plan):
+    plan.save(tmp_path / "plan")
+    cfg = MaskLoraConfig(plan=str(tmp_path / "plan"), recalibrate_every=2, adapter="full")
+    whole = _train(tmp_path / "whole", cfg)
+    with pytest.raises(Killed):
+        _train(tmp_path / "cut", cfg, kill_at=4)  # after the step-3 checkpoint, thresholds of step 2
+    resumed = _train(tmp_path / "cut", cfg, resume=True)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    plans = [actlab.SparsityPlan.load(tmp_path / d / "plan") for d in ("whole", "cut")]
+    assert plans[0].extra["recalibrated_at_step"] == 4 and plans[0].extra["trained"]["steps"] == 6
+    for e, f in zip(*(p.entries for p in plans), strict=True):
+        torch.testing.assert_close(e.threshold, f.threshold, atol=1e-5, rtol=1e-5)
+    # the output directory is a model that `actlab eval --plan out/plan` takes
+    out_model, _ = actlab.load_model(str(tmp_path / "cut"))
+    actlab.check_plan(out_model, plans[1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from objective_helpers import drive, grads_only_in_lora, one_step, windows
@@ -95,3 +97,24 @@ def test_finalize_writes_the_plan_the_trained_model_runs_with(model, ids, tmp_pa
         got = merged(input_ids=ids).logits
     actlab.remove_(merged)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_through_the_loop_the_output_comes_with_its_plan(tmp_path):
+    from actlab.train.loop import TrainArgs, train
+
+    model, tok = actlab.load_model("random:tiny-llama")
+    args = TrainArgs(tokens=4 * 2 * 32, seq_len=32, batch_size=2, lr=1e-2, precision="fp32", log_every=1,
+                     calib_tokens=0, eval_tokens=64)
+    cfg = TopKSteConfig(sparsity=0.5, sites=("attn.o_in", "mlp.down_in"))
+    res = train(model, cfg, windows(8), args=args, out=tmp_path / "out", progress=False,
+                eval_data=windows(2, seed=1), tokenizer=tok)
+    assert config_from_dict(json.loads((tmp_path / "out" / "train_config.json").read_text())["config"]) == cfg
+    plan = actlab.SparsityPlan.load(tmp_path / "out" / "plan")
+    assert {e.site.split(".", 2)[2] for e in plan.entries} == {"attn.o_in", "mlp.down_in"}
+    logits = []
+    for m in (actlab.load_model(str(tmp_path / "out"))[0], res.model):
+        actlab.apply_(m, plan)  # what `actlab eval --plan out/plan` and `actlab bench` do
+        with torch.no_grad():
+            logits.append(m.eval()(input_ids=windows(2, seed=1)).logits)
+        actlab.remove_(m)
+    torch.testing.assert_close(logits[0], logits[1])

@@ -147,7 +147,7 @@ class MaskLoraObjective(Objective):
     def finalize(self, model: nn.Module, out_dir: Path | None) -> nn.Module:
         remove_(model)
         merged = super().finalize(model, out_dir)
-        record = {"objective": self.config.objective, "steps": self.step}
+        record = {"objective": self.config.objective, "steps": self.total_steps}
         if hasattr(self.config, "gradient"):
             record["gradient"] = self.config.gradient
         self.final_plan = trained_plan(self.plan, merged, record)
