@@ -197,3 +197,19 @@ def test_tiny_run_end_to_end(tmp_path, corpus):
     assert resumed.exit_code == 0, resumed.output
     assert _json(resumed)["ppl_after"] == pytest.approx(s["ppl_after"], rel=1e-4)
     assert _run(*args, "--overwrite").exit_code == 0
+
+
+def test_mask_lora_run_writes_its_plan(tmp_path, corpus):
+    plan = tmp_path / "teal50"
+    res = _run("calibrate", "--model", "random:tiny-llama", "--seq-len", 32, "--data", corpus, "--method", "teal",
+               "--sparsity", 0.5, "--tokens", 256, "--out", plan)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "run"
+    res = _run("train", *TINY, "--data", corpus, "--objective", "mask-lora", "--set", f"plan={plan}", "--tokens", 256,
+               "--eval-tokens", 64, "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    s = _json(res)
+    assert s["plan"] == str(out / "plan") and (out / "plan" / "plan.json").is_file()
+    assert f"(actlab eval --model {out} --plan {out / 'plan'})" in res.output  # the next step, copy-pasteable
+    ev = _run("eval", "--model", out, "--plan", out / "plan", "--data", corpus, "--seq-len", 32, "--tokens", 64)
+    assert ev.exit_code == 0, ev.output  # the plan is fingerprinted for the merged model

@@ -26,7 +26,8 @@ from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libra
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: what a run writes into --out (checked for foreign files before the model loads); checkpoints/ beside them
-OUTPUT_FILES = ("config.json", "model.safetensors", "train_config.json", "log.jsonl", "report.html")
+OUTPUT_FILES = ("config.json", "model.safetensors", "train_config.json", "log.jsonl", "report.html",
+                "plan/plan.json", "plan/thresholds.safetensors")
 #: where --help lists the registered objectives (filled in only when help is shown: it imports torch)
 _OBJECTIVES_MARK = "OBJECTIVES-LIST"
 
@@ -307,7 +308,9 @@ def _summary(result: Any, out: Path, config: Any, run: dict[str, Any]) -> dict[s
 
     report = write_train_report(out, run=run)
     record_outputs(out, written=[report.name])
-    return {"objective": config.objective, "model": str(out), "report": str(report), **run,
+    plan = Path(out) / "plan"  # the plan arms (mask-lora, topk-ste) write theirs, fingerprinted for this model
+    return {"objective": config.objective, "model": str(out), "report": str(report),
+            "plan": str(plan) if (plan / "plan.json").is_file() else None, **run,
             "config": config.to_dict(), **summarize(result.history)}
 
 
@@ -328,8 +331,9 @@ def _print(s: dict[str, Any]) -> None:
         f"{num(s['ppl_after'], '{:.3f}')}" + (f" ({s['ppl_change_pct']:+.2f}%)" if s["ppl_change_pct"] is not None
                                                else "")
         + f"; mean density {num(s['density_before'], '{:.1%}')} → {num(s['density_after'], '{:.1%}')}\n"
-        f"model: [bold]{s['model']}[/]  report: [bold]{s['report']}[/]",
-        highlight=False,
+        f"model: [bold]{s['model']}[/]  report: [bold]{s['report']}[/]"
+        + (f"  plan: [bold]{s['plan']}[/] (actlab eval --model {s['model']} --plan {s['plan']})" if s["plan"] else ""),
+        highlight=False, soft_wrap=True,  # unbroken lines: the paths and the command paste back
     )
 
 
