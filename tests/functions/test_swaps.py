@@ -207,3 +207,19 @@ def test_fatrelu_in_the_table():
     assert lookup_module(f) is get_function("fatrelu")
     x = torch.linspace(-3, 3, 61)
     assert torch.equal(FATReLU()(x), F.relu(x))
+
+
+def test_a_plan_on_a_drelu_model_computes_the_same_with_kernels():
+    pytest.importorskip("actlab.kernels.ops")
+    model, _ = actlab.load_model("random:tiny-llama")
+    swap_activation(model, "drelu", relu_after_norms=True)
+    plan = actlab.sparsify_(model, actlab.TealConfig(0.5), torch.randint(3, 500, (4, 32)))
+    ids = torch.randint(3, 500, (1, 16))
+    with torch.no_grad():
+        masked = model(ids).logits
+    actlab.remove_(model)
+    with pytest.warns(UserWarning, match="without hooks only"):
+        actlab.apply_(model, plan, kernels=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, masked)
+    actlab.remove_(model)

@@ -148,7 +148,8 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
                 continue
             layers = [model.get_submodule(p) for p in e.consumers]
             if not all(_is_plain_linear(m) for m in layers):
-                _warn(f"{e.key}: the sparse kernel takes nn.Linear layers only; masking instead")
+                _warn(f"{e.key}: the sparse kernel takes nn.Linear layers without hooks only (an activation swap "
+                      "hooks some); masking instead")
                 leftover.append(e)
                 continue
             fused = SparseLinear.from_linear(layers if len(layers) > 1 else layers[0], e.threshold)
