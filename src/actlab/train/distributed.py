@@ -5,8 +5,8 @@ The launchers set ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` (and the rendezvou
 module in ``DistributedDataParallel``, which averages gradients across processes in the backward of the
 last micro-batch of each step. DDP is used directly rather than through ``accelerate.Accelerator``: the
 loop already owns precision, accumulation and the optimizer, so the Accelerator would only add a second
-place that decides them. ``accelerate launch --num_processes 2 script.py`` works the same, since it sets
-the same environment.
+place that decides them. ``accelerate launch --multi_gpu --num_processes 2 script.py`` works the same (it
+starts torchrun, which sets that environment), on CPUs too; accelerate's ``--cpu`` flag runs one process.
 
 Example:
     >>> d = setup()           # doctest: +SKIP  (one process: world_size 1, nothing initialised)

@@ -24,7 +24,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,7 +171,15 @@ def train(
                "args": {k: v for k, v in args.to_dict().items() if k not in REPORTING},
                "data": _fingerprint(ids), "eval_data": _fingerprint(ev)}
         ro = RunOutput(out, resume, overwrite) if out is not None and d.is_main else None
-        with ro or nullcontext():
+        with ExitStack() as stack:
+            failed = None
+            if ro is not None:
+                try:
+                    stack.enter_context(ro)
+                except Exception as e:  # raised below, once every process knows to stop
+                    failed = e
+            if not distributed.broadcast_flag(failed is None, d):
+                raise failed or TrainError(f"process 0 could not claim the output directory {out}; see its error")
             ckpt = _resume_point(Path(out), run) if resume else None
             return _Run(handler, model, ids, ev, args, d, prec, run, steps, ro, progress, tuple(callbacks),
                         tokenizer, device).go(ckpt)
