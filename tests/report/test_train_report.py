@@ -74,8 +74,11 @@ def test_report_shows_headline_curves_and_config(tmp_path):
     page = write_train_report(run, run={"base_model": "random:tiny-llama", "command": "actlab train --objective deft"}
                               ).read_text()
     head = _text(page.split("<h2>", 1)[0])
-    for shown in ("deft", "random:tiny-llama", "3,072", "41.250 → 30.500", "-26.06%", "90.0% → 37.5%"):
+    for shown in ("deft", "random:tiny-llama", "3,072", "41.250 → 30.500", "-26.06%", "90.0% → 37.5%",
+                  "0.0% → 50.0% exact zeros"):
         assert shown in head, (shown, head)
+    silu = [{**r, "zero_frac": [0.0] * 4} if "eval_ppl" in r else r for r in _rows()]
+    assert "exact zeros" not in _text(render_train(silu, _meta()).split("<h2>", 1)[0])  # only where there are any
     assert page.count("data:image/png;base64,") == 3  # loss (with the density term), perplexity, density
     body = _text(page)
     for field in ("lora_r", "site", "mlp.act_out", "seq_len", "precision", "actlab train --objective deft"):

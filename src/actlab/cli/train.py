@@ -48,6 +48,7 @@ def train(
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 where the hardware supports it, else fp32), fp32 or bf16."),
     eval_tokens: int = typer.Option(16384, "--eval-tokens", help="Evaluation tokens (eval split) for perplexity and density; 0: no evaluation."),
     eval_every: int = typer.Option(0, "--eval-every", help="Evaluate every N optimizer steps (0: only before and after training)."),
+    log_every: int = typer.Option(10, "--log-every", help="Optimizer steps per log row (loss, lr, tokens/s, the objective's metrics)."),
     calib_tokens: int = typer.Option(16384, "--calib-tokens", help="Training tokens an objective calibrates on before training (mask-lora's thresholds)."),
     checkpoint_every: int = typer.Option(0, "--checkpoint-every", help="Write a resumable checkpoint every N optimizer steps (0: none)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint (same objective and options)."),
@@ -82,13 +83,14 @@ def train(
         actlab train --objective deft --out runs/deft --resume
     """
     _check_loop_options(tokens, seq_len, batch_size, grad_accum, lr, warmup, precision, eval_tokens,
-                                 eval_every, calib_tokens, checkpoint_every, threads)
+                        eval_every, calib_tokens, checkpoint_every, threads)
+    checks.at_least("--log-every", log_every, 1)
     with cli_errors():
         config = build_config(objective, config_file, sets or [])
         if hasattr(config, "load_plan"):  # a config naming a plan loads it now: a bad path fails before the model
             config.load_plan()
         args = _train_args(tokens=tokens, seq_len=seq_len, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                           warmup=warmup, precision=precision, eval_every=eval_every,
+                           warmup=warmup, precision=precision, eval_every=eval_every, log_every=log_every,
                            eval_tokens=max(eval_tokens, 1), checkpoint_every=checkpoint_every,
                            calib_tokens=calib_tokens, seed=seed)
     checks.corpus(data)
@@ -330,7 +332,9 @@ def _print(s: dict[str, Any]) -> None:
         f"{num(s['tokens_per_s'], '{:.0f}')} tokens/s); eval perplexity {num(s['ppl_before'], '{:.3f}')} → "
         f"{num(s['ppl_after'], '{:.3f}')}" + (f" ({s['ppl_change_pct']:+.2f}%)" if s["ppl_change_pct"] is not None
                                                else "")
-        + f"; mean density {num(s['density_before'], '{:.1%}')} → {num(s['density_after'], '{:.1%}')}\n"
+        + f"; mean density {num(s['density_before'], '{:.1%}')} → {num(s['density_after'], '{:.1%}')}"
+        + (f", exact zeros {num(s['zero_frac_before'], '{:.1%}')} → {num(s['zero_frac_after'], '{:.1%}')}"
+           if (s["zero_frac_before"] or 0) > 0 or (s["zero_frac_after"] or 0) > 0 else "") + "\n"
         f"model: [bold]{s['model']}[/]  report: [bold]{s['report']}[/]"
         + (f"  plan: [bold]{s['plan']}[/] (actlab eval --model {s['model']} --plan {s['plan']})" if s["plan"] else ""),
         highlight=False, soft_wrap=True,  # unbroken lines: the paths and the command paste back

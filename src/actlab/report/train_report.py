@@ -276,8 +276,12 @@ def _headline(s: dict[str, Any], meta: dict[str, Any]) -> str:
                                                            if _finite(s["tokens_per_s"]) else "")),
         (f"{_num(s['ppl_before'])} {arrow} {_num(s['ppl_after'])}", "perplexity, eval split, before → after"
          + (f" ({s['ppl_change_pct']:+.2f}%)" if s["ppl_change_pct"] is not None else "")),
-        (f"{pct(s['density_before'])} {arrow} {pct(s['density_after'])}", "mean density over layers, before → after"),
+        (f"{pct(s['density_before'])} {arrow} {pct(s['density_after'])}",
+         f"mean density (|x| > {REPORT_EPS}) over layers, before → after"),
     ]
+    if any(_finite(v) and v > 0 for v in (s["zero_frac_before"], s["zero_frac_after"])):  # ReLU-family: exact zeros
+        kpis.append((f"{pct(s['zero_frac_before'])} {arrow} {pct(s['zero_frac_after'])}",
+                     "exact zeros of the MLP activation, before → after"))
     objective = (meta.get("config") or {}).get("objective") or meta.get("objective") or "?"
     model = meta.get("model") or (meta.get("run") or {}).get("base_model") or ""
     return "\n".join([
