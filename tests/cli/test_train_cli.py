@@ -29,12 +29,13 @@ def corpus(tmp_path_factory):
     return path
 
 
+def _refuse(*args, **kwargs):
+    raise _Loaded
+
+
 @pytest.fixture
 def no_model(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise _Loaded
-
-    monkeypatch.setattr(actlab.models.load, "load_model", refuse)
+    monkeypatch.setattr(actlab.models.load, "load_model", _refuse)
 
 
 def _run(*args):
@@ -193,6 +194,10 @@ def test_tiny_run_end_to_end(tmp_path, corpus):
 
     again = _run(*args)
     _assert_clean_failure(again, "outputs of an earlier actlab run")
+    with pytest.MonkeyPatch.context() as mp:  # a resume with other settings fails before the model loads
+        mp.setattr(actlab.models.load, "load_model", _refuse)
+        changed = _run(*args[:-2], "--lr", "1e-3", "--out", out, "--resume")
+    _assert_clean_failure(changed, "args.lr (0.0002 in the checkpoint, 0.001 now)")
     resumed = _run(*args, "--resume", "--json")  # from the step-4 checkpoint: the same run again
     assert resumed.exit_code == 0, resumed.output
     assert _json(resumed)["ppl_after"] == pytest.approx(s["ppl_after"], rel=1e-4)

@@ -96,7 +96,8 @@ def train(
     checks.corpus(data)
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun / accelerate launch only rank 0 writes
     if main:
-        _check_out(out, resume, overwrite)
+        with cli_errors():
+            _check_out(out, resume, overwrite, config, args)
     from actlab.outputs import claim_output
 
     # --out is locked from here to the report's last byte (the loop's own claim nests inside this one)
@@ -154,16 +155,27 @@ def _check_loop_options(tokens: int, seq_len: int, batch_size: int, grad_accum: 
              f"--batch-size {batch_size} x --grad-accum {grad_accum}); raise --tokens or lower those")
 
 
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """``--out`` is writable as asked; with ``--resume`` it holds a checkpoint to continue from."""
+def _check_out(out: Path, resume: bool, overwrite: bool, config: Any, args: Any) -> None:
+    """``--out`` is writable as asked; with ``--resume`` it holds a checkpoint of a run with these settings."""
     if resume:
-        from actlab.train.checkpoint import latest
+        from actlab.train import checkpoint
+        from actlab.train.log import clean
+        from actlab.train.loop import REPORTING
 
         if not Path(out).is_dir():
             fail(f"--resume: --out {out} does not exist; start the run without --resume first")
-        if latest(Path(out)) is None:
+        path = checkpoint.latest(Path(out))
+        if path is None:
             fail(f"--resume: {out} holds no checkpoint to continue from (a run writes them with --checkpoint-every "
                  "N); start it again without --resume (add --overwrite to replace its files)")
+        # the loop compares everything again (data, processes, precision); these two are known before the model
+        saved = checkpoint.load_state(path).get("run", {})
+        now = clean({"config": config.to_dict(), "args": {k: v for k, v in args.to_dict().items()
+                                                          if k not in REPORTING}})
+        diffs = checkpoint.differences({k: saved.get(k, {}) for k in now}, now)
+        if diffs:
+            fail(f"--resume: checkpoint {path} is from a run with other settings: {'; '.join(diffs)}; resume with "
+                 "the objective and options that started it, or start a new run in another --out")
     # a resume replaces the run's own files as it continues it
     checks.out_dir(out, overwrite or resume, OUTPUT_FILES)
 
