@@ -22,7 +22,7 @@ class Killed(Exception):
     pass
 
 
-def _run(out, config=DenseConfig(adapter="full"), kill_at=None, resume=False, **kw):
+def _run(out, config=DenseConfig(adapter="full"), kill_at=None, resume=False, overwrite=False, **kw):
     args = TrainArgs(**{**dict(tokens=6 * 2 * SEQ, seq_len=SEQ, batch_size=2, precision="fp32", log_every=1,
                                lr=1e-3, checkpoint_every=3), **kw})
 
@@ -32,7 +32,7 @@ def _run(out, config=DenseConfig(adapter="full"), kill_at=None, resume=False, **
 
     model, _ = actlab.load_model("random:tiny-llama")
     return train(model, config, DATA, args=args, out=out, resume=resume, progress=False, eval_data=EVAL,
-                 callbacks=[kill])
+                 callbacks=[kill], overwrite=overwrite)
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -118,3 +118,13 @@ def test_a_checkpoint_that_fails_to_write_leaves_the_previous_one_whole(tmp_path
 def test_differences_name_nested_fields():
     assert ck.differences({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 0}) == [
         "b.c (2 in the checkpoint, 3 now)", "d ('<missing>' in the checkpoint, 0 now)"]
+
+
+def test_overwrite_removes_only_actlabs_own_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    _run(out, checkpoint_every=2)
+    mine = out / "checkpoints" / "notes.txt"
+    mine.write_text("keep me")
+    _run(out, overwrite=True, checkpoint_every=0)
+    assert mine.read_text() == "keep me"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["notes.txt"]

@@ -219,3 +219,23 @@ def test_a_second_run_needs_overwrite_which_replaces_the_first(tmp_path):
     _run(out=out, overwrite=True, tokens=3 * 2 * SEQ)  # fewer steps: the old step-4 checkpoint must go
     assert not (out / "checkpoints").exists()
     assert json.loads((out / "train_config.json").read_text())["steps"] == 3
+
+
+@pytest.mark.slow
+def test_smollm2_trains_and_its_output_is_an_ordinary_model_dir(tmp_path):
+    pytest.importorskip("gguf")
+    from actlab.data.windows import make_windows
+
+    model, tok = actlab.load_model("smollm2-135m")  # fresh: LoRA merges into the weights it is given
+    corpus = actlab.load_corpus("default")
+    data = make_windows(corpus, tok, 64, 4 * 64, split="calib")
+    ev = make_windows(corpus, tok, 64, 2 * 64, split="eval")
+    out = tmp_path / "run"
+    res = train(model, DenseConfig(lora_r=4), data, args=TrainArgs(tokens=4 * 64, seq_len=64, batch_size=2,
+                log_every=1, calib_tokens=64), out=out, eval_data=ev, tokenizer=tok, progress=False)
+    evals = [r for r in res.history if "eval_ppl" in r]
+    assert len(evals) == 2 and len(evals[0]["zero_frac"]) == model.config.num_hidden_layers
+    loaded, tok2 = actlab.load_model(str(out))
+    x = ev[:1]
+    torch.testing.assert_close(loaded(x).logits, res.model(x).logits, rtol=1e-4, atol=1e-4)
+    assert tok2(["hello world"])["input_ids"] == tok(["hello world"])["input_ids"]
