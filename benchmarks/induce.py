@@ -24,7 +24,7 @@ split) of the best arm's trained model and of the dense-FT model. Nothing is tim
 time (a shared machine's times are not speed claims).
 
 Usage:
-    python benchmarks/induce.py --threads 2 --ppl1 --json benchmarks/induce.json
+    python benchmarks/induce.py --threads 2 --ppl1               # writes benchmarks/induce.json
     python benchmarks/induce.py --model random:tiny-llama --tokens 512 --seq-len 64 --eval-tokens 256 \\
         --calib-tokens 512 --search-tokens 512 --ppl1 --json /tmp/induce.json     # a quick smoke run
 """
@@ -37,6 +37,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="the arm searched (default: mask-lora when it runs, else the non-dense arm of lowest ppl)")
     p.add_argument("--ppl1-method", default="teal-global", help="METHOD[-ALLOCATION] calibrated for the search")
     p.add_argument("--work", type=Path, default=Path("runs/induce"), help="run directories (replaced)")
-    p.add_argument("--json", type=Path, default=None, help="also write every number here")
+    p.add_argument("--json", type=Path, default=Path(__file__).with_name("induce.json"),
+                   help="write every number here (default: benchmarks/induce.json)")
     args = p.parse_args(argv)
     unknown = [a for a in args.arms.split(",") if a not in ARMS]
     if unknown:
@@ -181,6 +183,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     from actlab.cli.common import quiet_libraries
 
     quiet_libraries()  # transformers' own save/load bars would bury the arms' progress
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)  # PEFT's
     args.work.mkdir(parents=True, exist_ok=True)
     arms = args.arms.split(",")
     base, tok = actlab.load_model(args.model)
@@ -236,6 +239,15 @@ def table(res: dict[str, Any]) -> str:
         lines.append(f"| {r['arm']} | {r['what']} | {r['ppl']:.2f} | {_pct(r['vs_dense_ft_pct'], True)} | "
                      f"{_pct(r.get('sparsity_model_wide'))} | {_pct(r['zero_frac_down_in'])} | "
                      f"{_pct(r['density_act_out'])} |")
+    curves = [r for r in res["arms"] if r["arm"].startswith("relufy") and len(r["curve"]) > 2]
+    if curves:
+        lines += ["", "Against tokens trained (the loop's evaluations, at the training precision; exact zeros of "
+                  "mlp.act_out):", "", "| arm | tokens | PPL | exact zeros | density > " + EPS + " |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in curves:
+            for c in r["curve"]:
+                lines.append(f"| {r['arm']} | {c['tokens']:,} | {c['ppl']:.2f} | {_pct(c['zero_frac_act_out'])} | "
+                             f"{_pct(c['density_act_out'])} |")
     if res.get("ppl1"):
         lines += ["", "| model | PPL-1% method | model-wide sparsity | held-out increase | eval increase | "
                   "PPL vs dense-FT |", "|---|---|---:|---:|---:|---:|"]
@@ -248,9 +260,7 @@ def table(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     res = run(argv)
-    args = _args(argv)
-    if args.json is not None:
-        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    _args(argv).json.write_text(json.dumps(res, indent=1) + "\n")
     print(f"Machine: {res['machine']}\nModel {res['model']}, {res['tokens_per_arm']:,} training tokens per arm "
           f"(calib split), adapter {res['adapter']}; eval split {res['eval_tokens']:,} tokens, strict\n")
     print(table(res))
