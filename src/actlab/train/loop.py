@@ -50,7 +50,7 @@ from actlab.train.objective import Objective, handler_for
 from actlab.train.output import RunOutput
 from actlab.train.schedule import lr_at, warmup_steps
 
-__all__ = ["TrainArgs", "TrainResult", "train"]
+__all__ = ["REPORTING", "TrainArgs", "TrainResult", "train"]
 
 
 def _fingerprint(ids: torch.Tensor | None) -> str | None:
@@ -198,10 +198,14 @@ class _Run:
                     bar.update(done, row["loss"], tps)
                 else:
                     bar.update(done)
+                paused = False
                 if done == self.steps or (a.eval_every and done % a.eval_every == 0):
-                    self._evaluate(module, done, bar)
+                    paused = self._evaluate(module, done, bar)
                 if a.checkpoint_every and done % a.checkpoint_every == 0 and done < self.steps:
                     self._checkpoint(module, optimizer, done)
+                    paused = True
+                if paused:  # tokens/s counts training only
+                    last_t, last_step = time.perf_counter(), done
         return self._finish(module)
 
     def _step(self, ddp: nn.Module, module: nn.Module, optimizer: torch.optim.Optimizer,
@@ -233,10 +237,10 @@ class _Run:
         sums["grad_norm"] = float(norm)
         return sums
 
-    def _evaluate(self, module: nn.Module, step: int, bar: Progress) -> None:
+    def _evaluate(self, module: nn.Module, step: int, bar: Progress) -> bool:
         """Perplexity and per-layer density on the eval windows (rank 0), with the objective's hooks on."""
         if self.ev is None:
-            return
+            return False
         if self.d.is_main:
             from actlab.eval.perplexity import perplexity
             from actlab.train.density import REPORT_EPS, layer_density, mean_density
@@ -254,6 +258,7 @@ class _Run:
                        "density": dens["density"], "zero_frac": dens["zero_frac"],
                        f"density_{REPORT_EPS}": mean_density(dens)})
         distributed.barrier(self.d)
+        return True
 
     def _log(self, row: dict[str, Any]) -> None:
         self.history.append(row)
