@@ -200,3 +200,30 @@ def test_a_failed_run_leaves_no_empty_parent_directories(tmp_path):
     assert list(tmp_path.iterdir()) == []
     _write(out, {"x.json": "1"})  # a successful run keeps them, of course
     assert _tree(tmp_path) == {"a/b/D/x.json": "1"}
+
+
+def test_record_outputs_makes_live_files_actlabs_and_remove_outputs_removes_only_those(tmp_path):
+    from actlab.outputs import record_outputs, remove_outputs
+
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="lock"):
+        record_outputs(out, written=["log.jsonl"])
+    with claim_output(out) as o:
+        (o / "ck").mkdir(parents=True)
+        for name in ("ck/a.bin", "ck/b.bin", "log.jsonl"):
+            (o / name).write_text(name)
+        record_outputs(o, written=["ck/a.bin", "ck/b.bin", "log.jsonl"])
+        (o / "ck" / "b.bin").write_text("changed by hand")  # no longer actlab's
+        (o / "ck" / "mine.txt").write_text("foreign")
+        assert remove_outputs(o, ["ck", "log.jsonl"]) == ["ck/a.bin", "log.jsonl"]
+    assert sorted(p.name for p in (out / "ck").iterdir()) == ["b.bin", "mine.txt"]
+    # the changed file's old record stays, and no longer matches it: still not actlab's
+    assert set(json.loads((out / MANIFEST).read_text())["files"]) == {"ck/b.bin"}
+    with pytest.raises(OutputError, match="was not written by actlab"):
+        check_writable(out, overwrite=True, expect=["ck/b.bin"])
+    with claim_output(tmp_path / "other") as o:  # a recorded file is replaced by a later run like any other
+        (o / "log.jsonl").write_text("1")
+        record_outputs(o, written=["log.jsonl"])
+    with staged_output(tmp_path / "other", overwrite=True) as tmp:
+        (tmp / "log.jsonl").write_text("2")
+    assert (tmp_path / "other" / "log.jsonl").read_text() == "2"
