@@ -222,6 +222,7 @@ def test_record_outputs_makes_live_files_actlabs_and_remove_outputs_removes_only
     with pytest.raises(OutputError, match="was not written by actlab"):
         check_writable(out, overwrite=True, expect=["ck/b.bin"])
     with claim_output(tmp_path / "other") as o:  # a recorded file is replaced by a later run like any other
+        o.mkdir()
         (o / "log.jsonl").write_text("1")
         record_outputs(o, written=["log.jsonl"])
     with staged_output(tmp_path / "other", overwrite=True) as tmp:
