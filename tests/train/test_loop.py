@@ -239,3 +239,14 @@ def test_smollm2_trains_and_its_output_is_an_ordinary_model_dir(tmp_path):
     x = ev[:1]
     torch.testing.assert_close(loaded(x).logits, res.model(x).logits, rtol=1e-4, atol=1e-4)
     assert tok2(["hello world"])["input_ids"] == tok(["hello world"])["input_ids"]
+
+
+def test_accepts_windows_and_records_their_provenance(tmp_path):
+    from actlab.data.windows import build_windows
+
+    model, tok = actlab.load_model("random:tiny-llama")
+    w = build_windows(actlab.load_corpus("default"), tok, SEQ, 8 * SEQ, split="calib")
+    train(model, DenseConfig(adapter="full"), w, args=_args(tokens=8 * SEQ), out=tmp_path / "r", progress=False)
+    doc = json.loads((tmp_path / "r" / "train_config.json").read_text())
+    assert doc["data_spec"]["split"] == "calib" and doc["data_spec"]["n_windows"] == 8
+    assert doc["eval_data_spec"] is None and doc["data"].startswith("(8, 16):")

@@ -59,6 +59,12 @@ def _fingerprint(ids: torch.Tensor | None) -> str | None:
     return f"{tuple(ids.shape)}:" + hashlib.sha256(ids.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+def _spec(data: Any) -> dict[str, Any] | None:
+    """A ``Windows``' provenance (corpus, split, tokenizer) for train_config.json; not compared on a resume."""
+    spec = getattr(data, "spec", None)
+    return spec.to_dict() if hasattr(spec, "to_dict") else None
+
+
 def _seed_of(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()[:8], "little") >> 1
 
@@ -113,6 +119,7 @@ def train(
         run = {"config": config.to_dict(), "world_size": d.world_size, "precision": prec,
                "args": {k: v for k, v in args.to_dict().items() if k not in REPORTING},
                "data": _fingerprint(ids), "eval_data": _fingerprint(ev)}
+        specs = (_spec(data), _spec(eval_data))
         ro = RunOutput(out, resume, overwrite) if out is not None and d.is_main else None
         with ExitStack() as stack:
             failed = None
@@ -124,8 +131,10 @@ def train(
             if not distributed.broadcast_flag(failed is None, d):
                 raise failed or TrainError(f"process 0 could not claim the output directory {out}; see its error")
             ckpt = _resume_point(Path(out), run) if resume else None
-            return _Run(handler, model, ids, ev, args, d, prec, run, steps, ro, progress, tuple(callbacks),
-                        tokenizer, device).go(ckpt)
+            r = _Run(handler, model, ids, ev, args, d, prec, run, steps, ro, progress, tuple(callbacks),
+                     tokenizer, device)
+            r.specs = specs
+            return r.go(ckpt)
     finally:
         distributed.teardown(d)
 
@@ -156,6 +165,7 @@ class _Run:
         self.order = BatchOrder(ids.shape[0], args.batch_size, args.grad_accum, d.world_size, args.seed)
         self.tokens_per_step = self.order.per_step * ids.shape[1]
         self.history: list[dict[str, Any]] = []
+        self.specs: tuple[dict | None, dict | None] = (None, None)
 
     def go(self, ckpt: Path | None) -> TrainResult:
         a = self.args
@@ -283,7 +293,8 @@ class _Run:
             return TrainResult(model, self.history, None)
         doc = {"config": self.h.config.to_dict(), "args": self.args.to_dict(), "steps": self.steps,
                "tokens": self.steps * self.tokens_per_step, **{k: self.run[k] for k in
-                                                               ("world_size", "precision", "data", "eval_data")}}
+                                                               ("world_size", "precision", "data", "eval_data")},
+               "data_spec": self.specs[0], "eval_data_spec": self.specs[1]}  # corpus, split, tokenizer
         model = self.ro.commit(lambda tmp: self.h.finalize(module, tmp), doc, self.history, self.tokenizer)
         distributed.barrier(self.d)
         return TrainResult(model, self.history, self.ro.out)
