@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import actlab.models.load
 from actlab.cli import train as train_cli
+from actlab.cli import train_config
 from actlab.cli.main import app
 
 runner = CliRunner()
@@ -108,19 +109,19 @@ def test_config_file(tmp_path, corpus, no_model):
     # a good config passes every check (the model load is where it stops here)
     res = _run(*base, "--config", cfg, "--set", "eps=1e-6")
     assert res.exit_code == 1 and "error: _Loaded" in res.output, res.output
-    config = train_cli.build_config(None, cfg, ["eps=1e-6", "lora_targets=q_proj,v_proj"])
+    config = train_config.build_config(None, cfg, ["eps=1e-6", "lora_targets=q_proj,v_proj"])
     assert (config.objective, config.weight, config.eps, config.lora_targets) == ("deft", 0.5, 1e-6,
                                                                                   ("q_proj", "v_proj"))
 
 
 def test_parse_value_follows_the_field_type():
-    assert train_cli.parse_value("k", "3", int) == 3
-    assert train_cli.parse_value("k", "1e-4", float) == 1e-4
-    assert train_cli.parse_value("k", "yes", bool) is True and train_cli.parse_value("k", "0", bool) is False
-    assert train_cli.parse_value("k", "a, b", tuple[str, ...]) == ["a", "b"]
-    assert train_cli.parse_value("k", "none", float | None) is None
-    assert train_cli.parse_value("k", "0.5", float | None) == 0.5
-    assert train_cli.parse_value("k", "007", str) == "007"
+    assert train_config.parse_value("k", "3", int) == 3
+    assert train_config.parse_value("k", "1e-4", float) == 1e-4
+    assert train_config.parse_value("k", "yes", bool) is True and train_config.parse_value("k", "0", bool) is False
+    assert train_config.parse_value("k", "a, b", tuple[str, ...]) == ["a", "b"]
+    assert train_config.parse_value("k", "none", float | None) is None
+    assert train_config.parse_value("k", "0.5", float | None) == 0.5
+    assert train_config.parse_value("k", "007", str) == "007"
 
 
 def test_defaults_are_the_loops():
@@ -153,7 +154,7 @@ def test_help_lists_every_objective_and_its_examples_are_valid():
         words = shlex.split(ex)
         objective = words[words.index("--objective") + 1]
         assert objective in CONFIGS, ex
-        fields = train_cli.field_types(CONFIGS[objective])
+        fields = train_config.field_types(CONFIGS[objective])
         sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
         for item in sets:
             assert item.split("=", 1)[0] in fields, (ex, item)

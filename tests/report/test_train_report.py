@@ -84,6 +84,11 @@ def test_report_shows_headline_curves_and_config(tmp_path):
     for field in ("lora_r", "site", "mlp.act_out", "seq_len", "precision", "actlab train --objective deft"):
         assert field in body
     assert not list(run.glob(".report.html*"))  # written through a temporary file, none left
+    assert f"actlab eval --model {run.absolute()} --tokens" in body and "--plan" not in body
+    (run / "plan").mkdir()
+    (run / "plan" / "plan.json").write_text("{}")
+    body = _text(write_train_report(run).read_text())
+    assert f"actlab bench --model {run.absolute()} --plan {run.absolute() / 'plan'}" in body
     assert "exact zeros" in body and "50.0%" in body
 
 
