@@ -219,3 +219,13 @@ def test_mask_lora_run_writes_its_plan(tmp_path, corpus):
     assert f"(actlab eval --model {out} --plan {out / 'plan'})" in res.output  # the next step, copy-pasteable
     ev = _run("eval", "--model", out, "--plan", out / "plan", "--data", corpus, "--seq-len", 32, "--tokens", 64)
     assert ev.exit_code == 0, ev.output  # the plan is fingerprinted for the merged model
+
+
+def test_no_evaluation(tmp_path, corpus):
+    out = tmp_path / "run"
+    res = _run("train", *TINY, "--data", corpus, "--objective", "dense", "--set", "adapter=full", "--tokens", 128,
+               "--eval-tokens", 0, "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    s = _json(res)
+    assert s["evals"] == 0 and s["ppl_before"] is None and s["ppl_after"] is None and s["tokens"] == 128
+    assert "evaluated nothing" in (out / "report.html").read_text()
