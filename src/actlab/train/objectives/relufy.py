@@ -2,7 +2,7 @@
 ProSparse's progressive L1 on the MLP intermediate and optionally a KL term toward the original model.
 
 The intermediate is read in :meth:`RelufyObjective.active` through ``actlab.activations.hooks.capture``
-(graph kept, only while gradients are on: evaluation and the teacher's forward add nothing). The KL teacher
+(per-layer scalars, graph kept; the teacher's forward is not counted). The KL teacher
 is the model as it was handed to :meth:`~RelufyObjective.prepare`: with LoRA the same weights with the
 adapters disabled and the old activation put back for one forward (no second copy), with full fine-tuning a
 frozen copy. The saved model keeps the swap in its config, so ``actlab.load_model(out)`` runs it.
@@ -76,6 +76,7 @@ class RelufyObjective(Objective):
         self._numel = 0
         self._original = None  # ActivationState of the unswapped model (LoRA teacher)
         self._teacher: nn.Module | None = None  # frozen copy (full fine-tuning teacher)
+        self._in_teacher = False
 
     @property
     def site_kind(self) -> str:
@@ -107,7 +108,7 @@ class RelufyObjective(Objective):
         self._l1, self._zeros, self._numel = [], [], 0
 
         def keep(site: Site, x: torch.Tensor) -> None:
-            if not torch.is_grad_enabled():  # evaluation, the teacher: nothing to train through
+            if self._in_teacher:  # the teacher's forward passes the same hooked modules
                 return
             self._l1.append(x.float().abs().mean())  # with its graph: the L1 term trains through it
             self._zeros.append((x == 0).sum())
@@ -118,6 +119,13 @@ class RelufyObjective(Objective):
 
     def _teacher_logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = batch["input_ids"]
+        self._in_teacher = True
+        try:
+            return self._teacher_forward(model, ids)
+        finally:
+            self._in_teacher = False
+
+    def _teacher_forward(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if self._teacher is not None:
                 self._teacher.to(ids.device)
