@@ -128,3 +128,40 @@ def test_overwrite_removes_only_actlabs_own_checkpoints(tmp_path):
     _run(out, overwrite=True, checkpoint_every=0)
     assert mine.read_text() == "keep me"
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_by_sigkill_resumes_to_the_same_end(tmp_path):
+    import importlib.util
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    path = Path(__file__).with_name("kill_worker.py")
+    spec = importlib.util.spec_from_file_location("kill_worker", path)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(path), str(out), "5"], env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "stopped").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert [s for s, _ in ck.checkpoints(out)] == [2, 4] and not (out / "model.safetensors").exists()
+    resumed = worker.run(str(out), resume=True)
+    whole = worker.run(str(tmp_path / "whole"))
+    a, b = _weights(whole.model), _weights(resumed.model)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    logged = [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, 9))  # step 5's row from before the kill is not there twice
+    loaded, _ = actlab.load_model(str(out))
+    assert max(float((v - b[k]).abs().max()) for k, v in loaded.state_dict().items()) == 0.0
