@@ -171,9 +171,11 @@ class _Run:
         a = self.args
         torch.manual_seed(a.seed)  # LoRA's initialisation (DDP broadcasts rank 0's anyway)
         n_calib = math.ceil(a.calib_tokens / self.ids.shape[1])
+        if self.d.device is not None:  # this process's GPU (or CPU) before the objective calibrates on it
+            self.model.to(self.d.device)
         module = self.h.prepare(self.model, self.ids[:n_calib] if n_calib else None)
         if self.d.device is not None:
-            module.to(self.d.device)
+            module.to(self.d.device)  # what prepare added (LoRA weights, buffers)
         params = list(checkpoint.trainable(module).values())
         if not params:
             raise TrainError(f"objective {self.h.config.objective!r} left nothing trainable (no parameter "
