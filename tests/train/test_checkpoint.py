@@ -30,9 +30,9 @@ def _run(out, config=DenseConfig(adapter="full"), kill_at=None, resume=False, ov
         if kill_at is not None and row.get("step") == kill_at and "loss" in row:
             raise Killed
 
-    model, _ = actlab.load_model("random:tiny-llama")
+    model, tok = actlab.load_model("random:tiny-llama")
     return train(model, config, DATA, args=args, out=out, resume=resume, progress=False, eval_data=EVAL,
-                 callbacks=[kill], overwrite=overwrite)
+                 callbacks=[kill], overwrite=overwrite, tokenizer=tok)
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -165,3 +165,42 @@ def test_a_run_killed_by_sigkill_resumes_to_the_same_end(tmp_path):
     assert logged == list(range(1, 9))  # step 5's row from before the kill is not there twice
     loaded, _ = actlab.load_model(str(out))
     assert max(float((v - b[k]).abs().max()) for k, v in loaded.state_dict().items()) == 0.0
+
+
+#: one config per registered objective, run through the same kill-and-resume (a new objective adds its row)
+CASES = {
+    "dense": {"adapter": "full"},
+    "deft": {"adapter": "full"},
+    "mask-lora": {"plan": "{plan}", "recalibrate_every": 2},
+    "relufy": {"adapter": "full", "kl": 0.5},
+    "topk-ste": {"sparsity": 0.5},
+}
+
+
+def test_every_registered_objective_has_a_resume_case():
+    import actlab.train.objectives  # noqa: F401
+    from actlab.train.config import CONFIGS
+
+    assert sorted(CONFIGS) == sorted(CASES)
+
+
+@pytest.mark.parametrize("objective", sorted(CASES))
+def test_every_objective_resumes_to_the_uninterrupted_run(tmp_path, objective):
+    from actlab.train.config import config_from_dict
+
+    if "{plan}" in CASES[objective].values():
+        model, _ = actlab.load_model("random:tiny-llama")
+        actlab.sparsify_(model, actlab.TealConfig(0.5), DATA[:4]).save(tmp_path / "plan")
+    fields = {k: str(tmp_path / "plan") if v == "{plan}" else v for k, v in CASES[objective].items()}
+    config = config_from_dict({"objective": objective, **fields})
+    kw = dict(tokens=4 * 2 * SEQ, checkpoint_every=2, calib_tokens=4 * SEQ)
+    whole = _run(tmp_path / "whole", config, **kw)
+    with pytest.raises(Killed):
+        _run(tmp_path / "cut", config, kill_at=3, **kw)
+    resumed = _run(tmp_path / "cut", config, resume=True, **kw)
+    a, b = _weights(whole.model), _weights(resumed.model)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert _close(resumed.history, whole.history)
+    loaded, _ = actlab.load_model(str(tmp_path / "cut"))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(EVAL).logits, resumed.model(EVAL).logits)
