@@ -43,3 +43,17 @@ def test_density_follows_the_stats_config(tiny_llama):
     model, _ = tiny_llama
     d = layer_density(model, torch.randint(3, 200, (1, 8)), config=StatsConfig(eps_grid=(0.0, 0.5)))
     assert d["thresholds"][0] == "0" and len(d["thresholds"]) == 2
+
+
+def test_the_probe_reads_a_perplexity_pass_exactly_as_layer_density_measures(tiny_llama):
+    from actlab.eval.perplexity import perplexity
+    from actlab.train.density import density_probe
+
+    model, _ = tiny_llama
+    ids = torch.randint(3, 200, (5, 16), generator=torch.Generator().manual_seed(2))
+    with actlab.capture(model, sites="mlp.act_out", fn=lambda site, x: torch.relu(x)):
+        with density_probe(model) as read:
+            perplexity(model, ids, batch_size=2)
+        assert read() == layer_density(model, ids)
+    with pytest.raises(TrainError, match="mlp.nope"), density_probe(model, site="mlp.nope"):
+        pass

@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -49,7 +51,45 @@ def layer_density(model: nn.Module, windows: torch.Tensor, *, site: str = "mlp.a
         prof = profile_model(model, windows, sites=site, config=config, batch_size=batch_size, progress=False)
     except SiteError as e:
         raise TrainError(f"cannot measure density at site {site!r}: {e}") from e
-    rows = sorted(((s.layer, prof.stats[name].summary()) for name, s in prof.sites.items() if name in prof.stats),
+    return _result(site, prof.sites, prof.stats)
+
+
+@contextmanager
+def density_probe(model: nn.Module, *, site: str = "mlp.act_out",
+                  config: StatsConfig | None = None) -> Iterator[Callable[[], dict[str, Any]]]:
+    """Measure :func:`layer_density` over whatever forwards run inside the block (e.g. a perplexity pass).
+
+    Saves the extra forward pass :func:`layer_density` makes; the statistics are profile's
+    (:class:`SiteStats`, same ε grid), fed through the same scoped hooks. Yields a function that returns
+    the result dict.
+
+    Example:
+        >>> with density_probe(model) as read:                 # doctest: +SKIP
+        ...     ppl = perplexity(model, windows)
+        >>> read()["zero_frac"]                                 # doctest: +SKIP
+    """
+    from actlab.activations.hooks import capture
+    from actlab.activations.sites import resolve_sites
+    from actlab.activations.stats import SiteStats
+
+    config = config or StatsConfig()
+    try:
+        sites = resolve_sites(model, site)
+    except SiteError as e:
+        raise TrainError(f"cannot measure density at site {site!r}: {e}") from e
+    stats: dict[str, SiteStats] = {}
+
+    def observe(s: Any, x: torch.Tensor) -> None:
+        if s.name not in stats:
+            stats[s.name] = SiteStats(x.shape[-1], config)
+        stats[s.name].update(x.detach())
+
+    with capture(model, sites=sites, fn=observe):
+        yield lambda: _result(site, sites, stats)
+
+
+def _result(site: str, sites: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    rows = sorted(((s.layer, stats[name].summary()) for name, s in sites.items() if name in stats),
                   key=lambda r: r[0])
     keys = list(rows[0][1]["density"]) if rows else []
     return {

@@ -255,14 +255,15 @@ class _Run:
             return False
         if self.d.is_main:
             from actlab.eval.perplexity import perplexity
-            from actlab.train.density import REPORT_EPS, layer_density, mean_density
+            from actlab.train.density import REPORT_EPS, density_probe, mean_density
 
             bar.update(step, note="evaluating")
             module.eval()
-            try:
+            try:  # one forward pass for both: the density probe reads the perplexity pass's activations
                 with torch.no_grad(), precision.autocast(self.prec, self.device), self.h.active(module):
-                    ppl = perplexity(module, self.ev)
-                    dens = layer_density(module, self.ev)
+                    with density_probe(module) as read:
+                        ppl = perplexity(module, self.ev)
+                dens = read()
             finally:
                 module.train()
             self._log({"step": step, "tokens": step * self.tokens_per_step, "eval_ppl": ppl.ppl,
