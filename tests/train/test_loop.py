@@ -250,3 +250,18 @@ def test_accepts_windows_and_records_their_provenance(tmp_path):
     doc = json.loads((tmp_path / "r" / "train_config.json").read_text())
     assert doc["data_spec"]["split"] == "calib" and doc["data_spec"]["n_windows"] == 8
     assert doc["eval_data_spec"] is None and doc["data"].startswith("(8, 16):")
+
+
+def test_a_non_finite_gradient_stops_the_run_before_it_reaches_the_weights(monkeypatch, tmp_path):
+    from actlab.train import loop
+    from actlab.train.objectives.dense import DenseObjective
+
+    class Blowup(DenseObjective):
+        def loss(self, model, batch, outputs):
+            return outputs.loss * (float("nan") if self.step == 2 else 1.0), {}
+
+    monkeypatch.setattr(loop, "handler_for", Blowup)
+    seen = []
+    with pytest.raises(TrainError, match="step 3: the gradient is not finite"):
+        _run(out=tmp_path / "run", callbacks=[seen.append])
+    assert [r["step"] for r in seen] == [1, 2] and not (tmp_path / "run").exists()

@@ -245,6 +245,10 @@ class _Run:
             norm = torch.nn.utils.clip_grad_norm_(params, a.max_grad_norm)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        if not math.isfinite(float(norm)):  # the same on every process: gradients are all-reduced
+            raise TrainError(f"step {step + 1}: the gradient is not finite (loss {sums['loss']:.4g}); the weights "
+                             "are left as they were before it: lower the learning rate, train in fp32, or check "
+                             "the objective's terms")
         optimizer.step()
         sums["grad_norm"] = float(norm)
         return sums
