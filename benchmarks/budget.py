@@ -39,7 +39,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--calib-tokens", type=int, default=4096)
     p.add_argument("--search-tokens", type=int, default=None, help="default: optimize's")
-    p.add_argument("--eval-tokens", type=int, default=4096)
+    p.add_argument("--eval-tokens", type=int, default=32768,
+                   help="per text; 128 windows of 256 (an estimate within about +-0.7%%: 16 windows read 3%% high)")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated window seeds: each draws other calibration and held-out windows and "
+                        "repeats the selection (how often the budget holds); the eval texts stay fixed")
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--threads", type=int, default=2)
@@ -83,8 +87,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     from actlab.data.windows import make_windows
     from actlab.envinfo import machine_line
     from actlab.sparsity.calibrate import calibration_windows
-    from actlab.sparsity.search import plan_window_nll, window_nll
-    from actlab.sparsity.select import Budget, choose, increase_interval
+    from actlab.sparsity.search import window_nll
 
     args = _args(argv)
     if args.search_tokens is None:
@@ -92,19 +95,33 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     net, tok = actlab.load_model(args.model)
     corpus = actlab.load_corpus("default")
-    calib, heldout = calibration_windows(corpus, tok, args.seq_len, args.calib_tokens, args.search_tokens)
     texts = {"default": make_windows(corpus, tok, args.seq_len, args.eval_tokens, split="eval")}
     for name in TEXTS[1:]:
         texts[name] = make_windows(actlab.load_corpus(name), tok, args.seq_len, args.eval_tokens, split="eval")
-    dense_heldout = window_nll(net, heldout)
     dense = {name: window_nll(net, w) for name, w in texts.items()}
-    cands = _candidates(net, calib, heldout, dense_heldout, args)
+    rows: list[dict[str, Any]] = []
+    measured: dict[tuple, dict[str, Any]] = {}  # a plan chosen twice (same seed, method, knob) is measured once
+    for seed in (int(s) for s in args.seeds.split(",")):
+        print(f"· seed {seed}", file=sys.stderr, flush=True)
+        calib, heldout = calibration_windows(corpus, tok, args.seq_len, args.calib_tokens, args.search_tokens,
+                                             seed=seed)
+        cands = _candidates(net, calib, heldout, window_nll(net, heldout), args)
+        rows += _measure(net, cands, texts, dense, measured, seed, args)
+    return {"model": args.model, "seq_len": args.seq_len, "calib_tokens": int(calib.numel()),
+            "search_tokens": int(heldout.numel()), "eval_tokens": {n: int(w.numel()) for n, w in texts.items()},
+            "confidence": args.confidence, "machine": machine_line(), "command": " ".join(sys.argv), "rows": rows}
+
+
+def _measure(net: Any, cands: dict, texts: dict, dense: dict, measured: dict, seed: int,
+             args: argparse.Namespace) -> list[dict[str, Any]]:
+    """One row per (policy, budget): the chosen plan measured on every text."""
+    from actlab.sparsity.search import plan_window_nll
+    from actlab.sparsity.select import Budget, choose, increase_interval
 
     rows: list[dict[str, Any]] = []
-    measured: dict[tuple, dict[str, Any]] = {}  # a plan chosen twice (same method, same knob) is measured once
     for (policy, b), cs in cands.items():
         best, _ = choose(cs, Budget(b, args.confidence, policy))
-        key = (best.label, round(best.plan.extra["search"]["knob"], 9))
+        key = (seed, best.label, round(best.plan.extra["search"]["knob"], 9))
         if key not in measured:
             per_text = {}
             for name, w in texts.items():
@@ -113,16 +130,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                 per_text[name] = {"increase_pct": ci.point_pct, "ci_pct": ci.as_list(), "windows": ci.windows}
             measured[key] = per_text
         per_text = measured[key]
-        rows.append({"policy": policy, "budget_pct": b, "chosen": best.label, "sparsity_model_wide": best.sparsity,
+        rows.append({"seed": seed, "policy": policy, "budget_pct": b, "chosen": best.label, "sparsity_model_wide": best.sparsity,
                      "heldout_increase_pct": best.ci.point_pct, "heldout_ci_pct": best.ci.as_list(),
                      "texts": per_text,
                      "holds": {n: r["increase_pct"] <= b + 1e-9 for n, r in per_text.items()},
                      "candidates": [{"label": c.label, "sparsity_model_wide": c.sparsity,
                                      "heldout_increase_pct": c.ci.point_pct, "heldout_ci_pct": c.ci.as_list()}
                                     for c in cs]})
-    return {"model": args.model, "seq_len": args.seq_len, "calib_tokens": int(calib.numel()),
-            "search_tokens": int(heldout.numel()), "eval_tokens": {n: int(w.numel()) for n, w in texts.items()},
-            "confidence": args.confidence, "machine": machine_line(), "command": " ".join(sys.argv), "rows": rows}
+    return rows
 
 
 def _default(name: str) -> int:
@@ -139,13 +154,13 @@ def table(res: dict[str, Any]) -> str:
     def iv(x: float, ci: list[float]) -> str:
         return f"{x:+.2f}% [{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
-    head = ("| policy | budget | chosen | sparsity | held-out | eval split (docstrings) | stdlib-code | "
-            "stdlib-messages | holds |\n|---|---:|---|---:|---:|---:|---:|---:|---|")
+    head = ("| seed | policy | budget | chosen | sparsity | held-out | eval split (docstrings) | stdlib-code | "
+            "stdlib-messages | holds |\n|---:|---|---:|---|---:|---:|---:|---:|---:|---|")
     lines = [head]
     for r in res["rows"]:
         t = r["texts"]
         held = sum(r["holds"].values())
-        lines.append(f"| {r['policy']} | +{r['budget_pct']:g}% | {r['chosen']} | {r['sparsity_model_wide']:.1%} | "
+        lines.append(f"| {r.get('seed', 0)} | {r['policy']} | +{r['budget_pct']:g}% | {r['chosen']} | {r['sparsity_model_wide']:.1%} | "
                      f"{iv(r['heldout_increase_pct'], r['heldout_ci_pct'])} | "
                      + " | ".join(iv(t[n]["increase_pct"], t[n]["ci_pct"]) for n in TEXTS)
                      + f" | {'yes' if held == len(TEXTS) else 'no'} ({held}/{len(TEXTS)}) |")

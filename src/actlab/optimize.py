@@ -92,7 +92,7 @@ def optimize(
     calib_tokens: int = 4096,
     search_tokens: int = 2048,
     confidence: float = 0.95,
-    eval_tokens: int = 4096,
+    eval_tokens: int = 32768,
     profile_tokens: int = 4096,
     seq_len: int = 256,
     new_tokens: int = 64,
@@ -117,7 +117,7 @@ def optimize(
     """
     import actlab
     from actlab.activations.stats import StatsConfig
-    from actlab.data.windows import make_windows
+    from actlab.data.windows import WindowError, make_windows
     from actlab.engine.plan_bench import bench_plan
     from actlab.outputs import check_writable, staged_output, write_json_atomic
     from actlab.preflight import preflight
@@ -139,7 +139,10 @@ def optimize(
     net, tok = actlab.load_model(model)
     preflight(net, out)  # every later stage's cheapest call, before minutes of profiling
     calib, heldout = calibration_windows(corpus, tok, seq_len, calib_tokens, search_tokens)
-    evals = make_windows(corpus, tok, seq_len, eval_tokens, split="eval")
+    try:
+        evals = make_windows(corpus, tok, seq_len, eval_tokens, split="eval")
+    except WindowError as e:
+        raise WindowError(f"{e} (for optimize's evaluation: lower --eval-tokens)") from None
 
     step("profiling activations")
     prof = profile_model(net, calib[: max(1, profile_tokens // seq_len)], config=StatsConfig(), progress=False,

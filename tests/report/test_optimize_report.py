@@ -45,6 +45,8 @@ def test_headline_has_the_measured_numbers(tmp_path, summary_factory, candidates
     ({"ppl_increase_pct": 8.2, "within_budget": False}, False, "bad", "NOT held"),
     ({"ppl_increase_pct": 8.2, "within_budget": False, "ppl_increase_ci_pct": [6.0, 10.1]}, False, "bad",
      "95% interval +6.00% to +10.10%"),
+    ({"ppl_increase_pct": 5.8, "within_budget": False, "ppl_increase_ci_pct": [4.1, 7.5]}, False, "warn",
+     "cannot tell"),
 ])
 def test_budget_verdict_follows_the_numbers(summary_factory, overrides, intervals, cls, says):
     got_cls, sentence = budget_verdict(summary_factory(intervals=intervals, **overrides))

@@ -37,22 +37,23 @@ def _windows(data: Any) -> torch.Tensor | None:
 
 
 def calibration_windows(
-    corpus: Any, tokenizer: Any, seq_len: int, tokens: int, heldout_tokens: int = 0
+    corpus: Any, tokenizer: Any, seq_len: int, tokens: int, heldout_tokens: int = 0, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(calib, heldout)`` windows, both from the corpus's calibration split, disjoint from each other.
 
     ``calib`` is the same whether or not held-out windows are asked for (the split's window ranking is
-    nested), so a plan calibrated with and without a quality search saw the same text.
+    nested), so a plan calibrated with and without a quality search saw the same text. ``seed`` draws
+    another sample of the split (``actlab.data.windows``), e.g. to see how a selection varies with it.
 
     Example:
         >>> calib, heldout = calibration_windows(corpus, tok, 256, 16384, 4096)   # doctest: +SKIP
     """
     from actlab.data.windows import make_windows
 
-    calib = make_windows(corpus, tokenizer, seq_len, tokens, split="calib")
+    calib = make_windows(corpus, tokenizer, seq_len, tokens, split="calib", seed=seed)
     if heldout_tokens <= 0:
         return calib, calib[:0]
-    both = make_windows(corpus, tokenizer, seq_len, tokens + heldout_tokens, split="calib")
+    both = make_windows(corpus, tokenizer, seq_len, tokens + heldout_tokens, split="calib", seed=seed)
     seen = {bytes(row.numpy()) for row in calib}
     keep = [i for i, row in enumerate(both) if bytes(row.numpy()) not in seen]
     return calib, both[keep]
