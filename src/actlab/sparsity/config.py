@@ -21,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from actlab.configs import from_json_dict, to_json_dict
 from actlab.sparsity.errors import PlanError
 
 #: method name -> config class
@@ -74,11 +75,7 @@ class SparsityConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict including ``method``, the registry key used to load it back."""
-        d = {"method": self.method}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            d[f.name] = list(v) if isinstance(v, tuple) else v
-        return d
+        return to_json_dict(self, "method")
 
 
 def config_from_dict(d: dict[str, Any]) -> SparsityConfig:
@@ -87,23 +84,7 @@ def config_from_dict(d: dict[str, Any]) -> SparsityConfig:
     Raises:
         PlanError: unknown method, unknown or invalid fields.
     """
-    if not isinstance(d, dict) or not isinstance(d.get("method"), str):
-        raise PlanError(f"a method config must be a JSON object with a 'method' name, got {d!r:.80}")
-    cls = CONFIGS.get(d["method"])
-    if cls is None:
-        raise PlanError(f"unknown sparsification method {d['method']!r}; known: {', '.join(sorted(CONFIGS))}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in d.items() if k != "method"}
-    unknown = sorted(set(kwargs) - set(fields))
-    if unknown:
-        raise PlanError(f"{d['method']}: unknown config field(s) {unknown}; fields are {sorted(fields)}")
-    for k, v in kwargs.items():
-        if isinstance(v, list):
-            kwargs[k] = tuple(v)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise PlanError(f"{d['method']}: invalid config: {e}") from e
+    return from_json_dict(d, CONFIGS, "method", PlanError, "sparsification method")
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from actlab.configs import from_json_dict, to_json_dict
 from actlab.train.errors import TrainError
 
 #: objective name -> config class
@@ -67,11 +67,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict including ``objective``, the registry key used to load it back."""
-        d: dict[str, Any] = {"objective": self.objective}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            d[f.name] = list(v) if isinstance(v, tuple) else v
-        return d
+        return to_json_dict(self, "objective")
 
 
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
@@ -82,22 +78,7 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     """
     import actlab.train.objectives  # noqa: F401  (registers the built-in objectives)
 
-    if not isinstance(d, dict) or not isinstance(d.get("objective"), str):
-        raise TrainError(f"a training config must be a JSON object with an 'objective' name, got {d!r:.80}")
-    cls = CONFIGS.get(d["objective"])
-    if cls is None:
-        raise TrainError(f"unknown training objective {d['objective']!r}; known: {', '.join(sorted(CONFIGS))}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k != "objective"}
-    unknown = sorted(set(kwargs) - fields)
-    if unknown:
-        raise TrainError(f"{d['objective']}: unknown config field(s) {unknown}; fields are {sorted(fields)}")
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        if isinstance(e, TrainError):
-            raise
-        raise TrainError(f"{d['objective']}: invalid config: {e}") from e
+    return from_json_dict(d, CONFIGS, "objective", TrainError, "training objective")
 
 
 @register_config
