@@ -120,6 +120,19 @@ def test_peft_lora_plan_masks_base_and_lora_inputs_and_trains_only_lora(model_an
     assert not any("actlab_sparsity" in k for k in lora.state_dict())
 
 
+def test_calibrating_a_peft_model_calibrates_the_model_inside(model_and_plan):
+    model, plan = model_and_plan
+    lora = _lora(copy.deepcopy(model))
+    calib = _ids(model, 8, 32, seed=0)
+    with torch.no_grad():  # LoRA weights that are not zero change the activations the thresholds come from
+        for n, p in lora.named_parameters():
+            if "lora_" in n:
+                p.zero_()
+    again = actlab.calibrate(lora, actlab.TealConfig(0.5), calib)
+    assert [e.key for e in again.entries] == [e.key for e in plan.entries]
+    assert all(torch.allclose(a.threshold, b.threshold) for a, b in zip(again.entries, plan.entries))
+
+
 def test_compiled_model_with_a_plan_gives_the_eager_logits(model_and_plan):
     model, plan = model_and_plan
     ids = _ids(model)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from actlab.models.wrappers import unwrap
 from actlab.sparsity.apply import apply_, masked_modules
 from actlab.sparsity.collect import CalibrationSample
 from actlab.sparsity.config import SparsityConfig
@@ -79,6 +80,8 @@ def prepare(
         raise PlanError(f"expected a sparsity config such as actlab.TealConfig(0.5), got {type(config).__name__}")
     if masked_modules(model):
         raise PlanError("the model already has a sparsity plan applied: call actlab.remove_(model) first")
+    # sites are module paths of the Hugging Face model; PEFT / DDP / compile wrappers sit around it
+    model = unwrap(model)[0]
     with torch.no_grad():
         handler = handler_for(config)
         windows = _windows(data)
