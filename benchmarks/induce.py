@@ -10,8 +10,8 @@ token sparsified and scored), with its plan or activation swap active:
                      adapting to the corpus does not count as recovery.
 * ``mask-lora``      LoRA under the best training-free 50% plan (TEAL, global allocation, calibrated here on
                      the calib split; RESULTS.md "Quality": +35.6% training-free), straight-through masks.
-* ``deft``           DEFT's density loss at ``mlp.act_out`` (weight 1.0, ε 1e-7).
-* ``relufy-relu``, ``relufy-drelu``, ``relufy-relu2``: the activation swap with ProSparse's L1 (peak 1e-4,
+* ``deft``           DEFT's density loss at ``mlp.act_out`` (weight 1.0, ε 1e-4 = profile's threshold squared).
+* ``relufy-relu``, ``relufy-drelu``, ``relufy-relu2``: the activation swap with ProSparse's L1 (peak λ: the relufy default,
                      sine schedule).
 * ``topk-ste``       Q-Sparse: top-k at 50% on every linear input, straight-through.
 
@@ -45,10 +45,12 @@ from typing import Any
 ARMS: dict[str, tuple[dict[str, Any], str]] = {
     "dense-ft": ({"objective": "dense"}, "dense fine-tuning (reference)"),
     "mask-lora": ({"objective": "mask-lora", "gradient": "ste"}, "teal-global 50% plan applied, straight-through"),
-    "deft": ({"objective": "deft", "weight": 1.0, "eps": 1e-7}, "DEFT density loss at mlp.act_out, weight 1"),
-    "relufy-relu": ({"objective": "relufy", "activation": "relu", "l1": 1e-4}, "SiLU -> ReLU + L1 (ProSparse)"),
-    "relufy-drelu": ({"objective": "relufy", "activation": "drelu", "l1": 1e-4}, "dReLU (gate and up) + L1"),
-    "relufy-relu2": ({"objective": "relufy", "activation": "relu2", "l1": 1e-4}, "ReLU² + L1"),
+    # DEFT's eps 1e-7 counts every nonzero SiLU output as dense and its loss does not move; eps = 0.01² makes
+    # a²/(a²+eps) a soft count of |a| > 0.01, profile's density threshold, which is what is measured
+    "deft": ({"objective": "deft", "weight": 1.0, "eps": 1e-4}, "DEFT density loss at mlp.act_out, weight 1, eps 1e-4"),
+    "relufy-relu": ({"objective": "relufy", "activation": "relu"}, "SiLU -> ReLU + L1 (ProSparse)"),
+    "relufy-drelu": ({"objective": "relufy", "activation": "drelu"}, "dReLU (gate and up) + L1"),
+    "relufy-relu2": ({"objective": "relufy", "activation": "relu2"}, "ReLU² + L1"),
     "topk-ste": ({"objective": "topk-ste", "sparsity": 0.5}, "top-k 50% on every linear input, straight-through"),
 }
 PLAN_SPARSITY = 0.5
