@@ -14,16 +14,6 @@ from actlab.train.objectives.deft import density_loss
 pytest.importorskip("peft")
 
 
-@pytest.fixture
-def model():
-    return actlab.load_model("random:tiny-llama")[0]
-
-
-@pytest.fixture
-def ids():
-    return windows(4)
-
-
 def test_config_round_trips_and_has_defts_defaults():
     cfg = DeftConfig(site="mlp.down_in", weight=0.5, eps=1e-5, lora_r=4)
     assert config_from_dict(cfg.to_dict()) == cfg

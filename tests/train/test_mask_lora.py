@@ -17,16 +17,6 @@ pytest.importorskip("peft")
 
 
 @pytest.fixture
-def model():
-    return actlab.load_model("random:tiny-llama")[0]
-
-
-@pytest.fixture
-def ids():
-    return windows(4)
-
-
-@pytest.fixture
 def plan(model, ids):
     return actlab.calibrate(model, actlab.TealConfig(0.5), ids)
 

@@ -17,16 +17,6 @@ from actlab.train import TopKSteConfig, TrainError, config_from_dict, handler_fo
 pytest.importorskip("peft")
 
 
-@pytest.fixture
-def model():
-    return actlab.load_model("random:tiny-llama")[0]
-
-
-@pytest.fixture
-def ids():
-    return windows(4)
-
-
 def test_config_round_trips_through_json():
     cfg = TopKSteConfig(sparsity=0.7, sites=("attn.o_in", "mlp.down_in"), adapter="full")
     assert config_from_dict(cfg.to_dict()) == cfg
