@@ -130,7 +130,7 @@ def test_calibrating_a_peft_model_calibrates_the_model_inside(model_and_plan):
                 p.zero_()
     again = actlab.calibrate(lora, actlab.TealConfig(0.5), calib)
     assert [e.key for e in again.entries] == [e.key for e in plan.entries]
-    assert all(torch.allclose(a.threshold, b.threshold) for a, b in zip(again.entries, plan.entries))
+    assert all(torch.allclose(a.threshold, b.threshold) for a, b in zip(again.entries, plan.entries, strict=True))
 
 
 def test_compiled_model_with_a_plan_gives_the_eager_logits(model_and_plan):
