@@ -5,6 +5,7 @@ import json
 import pytest
 
 import actlab
+from actlab.data.windows import WindowError
 from actlab.optimize import optimize
 
 SMALL = dict(calib_tokens=512, search_tokens=256, eval_tokens=256, profile_tokens=256, seq_len=64,
@@ -96,3 +97,13 @@ def test_summary_bytes_skipped_frac_is_the_plans_own(run):
     assert summary["speed"]["bytes_skipped_frac"] == pytest.approx(plan.metrics["bytes_skipped_frac"])
     assert summary["speed"]["ceiling"] == pytest.approx(1 / (1 - plan.metrics["bytes_skipped_frac"]))
     assert 0 < summary["eval"]["bytes_skipped_frac"] < 1
+
+
+def test_default_eval_takes_a_small_corpus_whole_and_an_explicit_excess_is_refused(tmp_path, corpus):
+    small = {k: v for k, v in SMALL.items() if k != "eval_tokens"}
+    summary = optimize("random:tiny-llama", out=tmp_path / "r", sparsity=0.3, method="teal", data=corpus, **small)
+    assert summary["eval"]["ppl_increase_ci_pct"] is not None  # evaluated, on the whole (small) eval split
+    with pytest.raises(WindowError, match="--eval-tokens"):
+        optimize("random:tiny-llama", out=tmp_path / "r2", sparsity=0.3, method="teal", data=corpus,
+                 **{**small, "eval_tokens": 10_000_000})
+    assert not (tmp_path / "r2").exists()
