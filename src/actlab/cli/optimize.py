@@ -19,7 +19,7 @@ def optimize(
     calib_tokens: int = typer.Option(4096, "--calib-tokens", help="Calibration tokens (calib split)."),
     search_tokens: int = typer.Option(2048, "--search-tokens", help="Held-out calibration tokens for the choice and the quality search."),
     confidence: float = typer.Option(0.95, "--confidence", help="Level of the interval over held-out windows whose upper end must keep the budget (0.5 to <1)."),
-    eval_tokens: int | None = typer.Option(None, "--eval-tokens", help="Evaluation tokens (eval split, never seen in calibration) [default: 32768, or the whole eval split of a smaller corpus]; 128 windows read the increase within about +-0.7%."),
+    eval_tokens: int | None = typer.Option(None, "--eval-tokens", help="Evaluation tokens (eval split, never seen in calibration); default 32768, or the whole eval split of a smaller corpus; 128 windows read the increase within about +-0.7%."),
     seq_len: int = typer.Option(256, "--seq-len", "-L", help="Tokens per window."),
     new_tokens: int = typer.Option(64, "--new-tokens", help="Tokens decoded per speed measurement."),
     threads: int = typer.Option(2, "--threads", "-t", help="Threads for torch and the kernels."),
