@@ -11,14 +11,6 @@ runner = CliRunner()
 COMMON = ["--model", "random:tiny-llama", "--seq-len", "64"]
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "notes.txt"
-    words = "sparse activations make decoding faster when kernels skip the zeros of each token".split()
-    path.write_text(" ".join(words[(i * 7) % len(words)] for i in range(8000)))
-    return path
-
-
 def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
 

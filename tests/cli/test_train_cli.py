@@ -22,14 +22,6 @@ class _Loaded(Exception):
     """Raised instead of loading a model: the command got past every check (the CLI shows it as exit 1)."""
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "notes.txt"
-    words = "sparse activations make decoding faster when kernels skip the zeros of each token".split()
-    path.write_text(" ".join(words[(i * 7) % len(words)] for i in range(8000)))
-    return path
-
-
 def _refuse(*args, **kwargs):
     raise _Loaded
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import nn
 
 from actlab.functions.swaps import refresh_swap
-from actlab.models.wrappers import unwrap
+from actlab.models.wrappers import _is_peft, unwrap
 from actlab.train.config import TrainConfig
 from actlab.train.errors import TrainError
 
@@ -49,13 +49,13 @@ def wrap(model: nn.Module, config: TrainConfig) -> nn.Module:
 
 def merge(model: nn.Module) -> nn.Module:
     """The plain Hugging Face model: LoRA weights merged in and the PEFT wrapper removed; others unchanged."""
-    inner, _ = unwrap(model)
-    if type(model).__module__.split(".", 1)[0] == "peft" and hasattr(model, "merge_and_unload"):
+    if _is_peft(model) and hasattr(model, "merge_and_unload"):
         merged = model.merge_and_unload()
         for p in merged.parameters():
             p.requires_grad_(False)
         refresh_swap(merged)  # back onto the merged linears
         return merged
+    inner, _ = unwrap(model)
     for p in inner.parameters():
         p.requires_grad_(False)
     return inner
