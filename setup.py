@@ -10,12 +10,15 @@ Example:
 
 from __future__ import annotations
 
+import glob
 import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CSRC = "src/actlab/kernels/csrc"
+# module.c is the extension's entry; each module_*.c binds the part of the same name
+SOURCES = ["module", "sparse_gemv", "gated_mlp", "weights", "module_weights", "decode", "module_decode"]
 OPENMP_FLAGS = ["-fopenmp"]
 
 
@@ -55,8 +58,8 @@ def _extension() -> Extension:
         compile_args = ["/O2", "/openmp"]
     return Extension(
         "actlab.kernels._sparse",
-        sources=[f"{CSRC}/module.c", f"{CSRC}/sparse_gemv.c", f"{CSRC}/gated_mlp.c"],
-        depends=[f"{CSRC}/sparse_gemv.h", f"{CSRC}/sparse_gemv_internal.h", f"{CSRC}/sparse_gemv_kernel.h"],
+        sources=[f"{CSRC}/{name}.c" for name in SOURCES],
+        depends=sorted(glob.glob(f"{CSRC}/*.h")),
         include_dirs=[CSRC],
         extra_compile_args=compile_args,
         extra_link_args=list(OPENMP_FLAGS) if sys.platform != "win32" else [],

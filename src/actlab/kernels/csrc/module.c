@@ -156,4 +156,12 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_sparse",
                                     "Sparse-input GEMV kernels (raw-pointer interface; use actlab.kernels.ops).",
                                     -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__sparse(void) { return PyModule_Create(&module); }
+/* defined in module_weights.c and module_decode.c, each the binding of its own part */
+int actlab__add_weight_methods(PyObject *module);
+int actlab__add_decode_methods(PyObject *module);
+
+PyMODINIT_FUNC PyInit__sparse(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && (actlab__add_weight_methods(m) < 0 || actlab__add_decode_methods(m) < 0)) Py_CLEAR(m);
+    return m;
+}
