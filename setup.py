@@ -18,7 +18,7 @@ from setuptools.command.build_ext import build_ext
 
 CSRC = "src/actlab/kernels/csrc"
 # module.c is the extension's entry; each module_*.c binds the part of the same name
-SOURCES = ["module", "sparse_gemv", "gated_mlp", "weights", "module_weights", "decode", "module_decode"]
+SOURCES = ["module", "sparse_gemv", "gated_mlp", "load_guard", "weights", "module_weights", "decode", "module_decode"]
 OPENMP_FLAGS = ["-fopenmp"]
 
 

@@ -29,12 +29,20 @@ static void up_rows(const kernel_table *kt, const actlab_gated_mlp *m, const int
         kt->dots(m->wu.data, m->wu.ld, jidx, nr, xm, dm, B, dm, u);
     } else {
 #ifdef _OPENMP
+        /* row chunks handed out dynamically, so a thread the OS preempts leaves its share to the others */
+        const int64_t chunk = 64, nchunks = (nr + chunk - 1) / chunk;
+        double t0 = actlab__now(), t_caller_done = 0.0;
 #pragma omp parallel num_threads(nt)
         {
-            const int t = omp_get_thread_num(), n = omp_get_num_threads();
-            const int64_t r0 = nr * t / n, r1 = nr * (t + 1) / n;
-            kt->dots(m->wu.data, m->wu.ld, jidx + r0, r1 - r0, xm, dm, B, dm, u + r0 * B);
+#pragma omp for schedule(dynamic, 1) nowait
+            for (int64_t c = 0; c < nchunks; ++c) {
+                const int64_t r0 = c * chunk, r1 = r0 + chunk < nr ? r0 + chunk : nr;
+                kt->dots(m->wu.data, m->wu.ld, jidx + r0, r1 - r0, xm, dm, B, dm, u + r0 * B);
+            }
+            if (omp_get_thread_num() == 0) t_caller_done = actlab__now();
         }
+        const double t1 = actlab__now();
+        actlab__guard_note(t1 - t_caller_done, t1 - t0);
 #endif
     }
     if (m->bu)

@@ -135,6 +135,32 @@ static PyObject *py_has_openmp(PyObject *self, PyObject *noargs) {
 #endif
 }
 
+static PyObject *py_set_load_guard(PyObject *self, PyObject *args) {
+    int on;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "p:set_load_guard", &on)) return NULL;
+    return PyBool_FromLong(actlab_set_load_guard(on));
+}
+
+static PyObject *py_load_guard_state(PyObject *self, PyObject *noargs) {
+    int on;
+    int64_t serial_left, switches;
+    (void)self;
+    (void)noargs;
+    actlab_load_guard_state(&on, &serial_left, &switches);
+    return Py_BuildValue("{s:O,s:L,s:L}", "on", on ? Py_True : Py_False, "serial_calls_left",
+                         (long long)serial_left, "switches", (long long)switches);
+}
+
+/* feeds the guard one synthetic report (tests: its policy without a loaded machine) */
+static PyObject *py_guard_note(PyObject *self, PyObject *args) {
+    double waited, total;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "dd:_guard_note", &waited, &total)) return NULL;
+    actlab_guard_note(waited, total);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"sparse_linear", py_sparse_linear, METH_VARARGS,
      "sparse_linear(x, rows, in, x_ld, wt, out, wt_ld, thr, thr_stride, bias, y, y_ld, num_threads)"},
@@ -148,6 +174,11 @@ static PyMethodDef methods[] = {
     {"set_parallel_min_bytes", py_set_parallel_min_bytes, METH_VARARGS,
      "set_parallel_min_bytes(n) -> previous: weight bytes a call reads before it goes multi-threaded "
      "(negative: default 256 KiB)"},
+    {"set_load_guard", py_set_load_guard, METH_VARARGS,
+     "set_load_guard(on) -> previous: run on one thread while other processes hold the cores (default on)"},
+    {"load_guard_state", py_load_guard_state, METH_NOARGS,
+     "load_guard_state() -> {on, serial_calls_left, switches}"},
+    {"_guard_note", py_guard_note, METH_VARARGS, "_guard_note(waited_s, total_s): one report (tests)"},
     {"has_openmp", py_has_openmp, METH_NOARGS, "whether the extension was built with OpenMP"},
     {NULL, NULL, 0, NULL},
 };

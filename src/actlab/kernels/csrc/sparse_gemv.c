@@ -188,7 +188,7 @@ int64_t actlab_set_parallel_min_bytes(int64_t bytes) {
 
 int actlab__resolve_threads(int num_threads, int64_t bytes) {
 #ifdef _OPENMP
-    if (bytes < actlab__parallel_min_bytes()) return 1;
+    if (bytes < actlab__parallel_min_bytes() || actlab__guard_serial()) return 1;
     return num_threads > 0 ? num_threads : omp_get_max_threads();
 #else
     (void)num_threads, (void)bytes;
@@ -263,11 +263,18 @@ int actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx, 
 #ifdef _OPENMP
     /* dynamic: a thread the OS preempts (a busy machine) does not hold up the others' blocks */
     const int64_t nblocks = (out + bw - 1) / bw;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) reduction(&& : ok)
-    for (int64_t blk = 0; blk < nblocks; ++blk) {
-        const int64_t c0 = blk * bw, c1 = c0 + bw < out ? c0 + bw : out;
-        ok = cols_block(kt, wt, idx, xv, nk, B, bias, y, y_ld, c0, c1, act) && ok;
+    double t0 = actlab__now(), t_caller_done = 0.0;
+#pragma omp parallel num_threads(nt) reduction(&& : ok)
+    {
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t blk = 0; blk < nblocks; ++blk) {
+            const int64_t c0 = blk * bw, c1 = c0 + bw < out ? c0 + bw : out;
+            ok = cols_block(kt, wt, idx, xv, nk, B, bias, y, y_ld, c0, c1, act) && ok;
+        }
+        if (omp_get_thread_num() == 0) t_caller_done = actlab__now();
     }
+    const double t1 = actlab__now();
+    actlab__guard_note(t1 - t_caller_done, t1 - t0);
 #endif
     return ok ? ACTLAB_OK : ACTLAB_ERR_NOMEM;
 }

@@ -68,6 +68,14 @@ int actlab_gated_mlp_forward(const actlab_gated_mlp *m, actlab_mat x, float *y, 
  * variable ACTLAB_PARALLEL_MIN_BYTES); a negative value restores the default. Returns the previous value. */
 int64_t actlab_set_parallel_min_bytes(int64_t bytes);
 
+/* The load guard (load_guard.c): on by default (ACTLAB_LOAD_GUARD=0 turns it off); set clears its state and
+ * returns the previous setting; state reports it, the serial calls left, and how often it has switched to one thread. */
+int actlab_set_load_guard(int on);
+void actlab_load_guard_state(int *on, int64_t *serial_left, int64_t *switches);
+/* One report of a parallel call: the calling thread waited waited_s at its end, of total_s (the kernels
+ * report every parallel call; exposed so the policy can be tested). */
+void actlab_guard_note(double waited_s, double total_s);
+
 /* The path AUTO resolves to on this CPU, and an override (for tests); set returns ACTLAB_ERR_ISA if the
  * CPU or the build lacks it. */
 actlab_isa actlab_get_isa(void);

@@ -37,6 +37,13 @@ ACTLAB_INTERNAL float actlab__apply_act(actlab_act act, float v);
 ACTLAB_INTERNAL int64_t actlab__parallel_min_bytes(void);
 ACTLAB_INTERNAL int actlab__resolve_threads(int num_threads, int64_t bytes);
 
+/* The load guard (load_guard.c): whether this call must run on one thread because other processes hold
+ * the cores (consumes one serial call), and the report every parallel call makes of how long its calling
+ * thread waited for the others at the end, out of its whole duration. */
+ACTLAB_INTERNAL int actlab__guard_serial(void);
+ACTLAB_INTERNAL void actlab__guard_note(double waited_s, double total_s);
+ACTLAB_INTERNAL double actlab__now(void);
+
 /* y[b, :] = bias + sum_k xv[k*B+b] * wt[idx[k], :], then act in place if act is not NULL.
  * Returns ACTLAB_OK or ACTLAB_ERR_NOMEM. */
 ACTLAB_INTERNAL int actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx,
