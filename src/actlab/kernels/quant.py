@@ -1,0 +1,218 @@
+"""Weight formats of the sparse-input kernels: fp32, bf16, int8 and int4 with fp16 group scales.
+
+A :class:`PackedWeight` is one row-major matrix ``[rows, cols]`` in one format, laid out exactly as the C
+struct ``actlab_wmat`` (csrc/weights.h) reads it. For the sparse-input GEMV it is the *transposed* weight
+(rows = input channels, cols = outputs): a kept input reads one packed row plus its row of scales, and the
+groups that share a scale run along the output dimension.
+
+Formats (``w`` the fp32 value, ``s`` the group's fp16 scale, groups of ``group`` consecutive columns):
+
+* ``fp32``: the values as they are (``data`` float32, no scales).
+* ``bf16``: round-to-nearest-even bf16 (``data`` int16 holding the bf16 bits); relative error <= 2**-9.
+* ``int8``: symmetric, ``s = max|w| / 127`` (rounded *up* to fp16 so ``|w / s| <= 127``),
+  ``q = round(w / s)`` in ``[-127, 127]``; ``|w - s q| <= s / 2``. Default group 64 (a multiple of 16).
+* ``int4``: llama.cpp's Q4_0 choice: ``s = -m / 8`` where ``m`` is the group's value of largest
+  magnitude (so ``m`` itself maps to ``-8`` exactly), ``q = clamp(round(w / s), -8, 7)`` stored as the
+  nibble ``q + 8``; ``|w - s q| <= |s|`` (``<= |s| / 2`` except values that clamp at ``+7``). Within a group
+  byte ``j`` holds column ``j`` (low nibble) and column ``j + group / 2`` (high nibble), so the kernel
+  unpacks two contiguous half-groups. Default group 32 (a multiple of 32).
+
+Shapes: ``cols`` that is not a multiple of the group is **padded** with zero columns up to ``ld`` (the
+kernels compute only ``cols`` outputs); ``rows`` is never padded. A group that is not a positive multiple
+of 16 (int8) / 32 (int4), non-finite values in an int format, or a scale beyond fp16's range is refused
+with ``ValueError``. fp16 scales underflow for groups whose largest magnitude is below about ``1e-5``
+(such groups dequantize to tiny values or zero: an absolute error below that magnitude).
+
+Example:
+    >>> import torch
+    >>> wt = torch.randn(64, 96)
+    >>> p = pack(wt, "int8")
+    >>> p.fmt, p.group, p.ld, tuple(p.scales.shape)
+    ('int8', 64, 128, (64, 2))
+    >>> bool((p.dequantize() - wt).abs().max() <= p.scales.float().abs().max() / 2)
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["FORMAT_CODES", "WEIGHT_FORMATS", "PackedWeight", "check_format", "pack"]
+
+WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
+# actlab_fmt in csrc/weights.h (part of the ABI)
+FORMAT_CODES: dict[str, int] = {"fp32": 0, "bf16": 1, "int8": 2, "int4": 3}
+_DEFAULT_GROUP = {"int8": 64, "int4": 32}
+_GROUP_MULTIPLE = {"int8": 16, "int4": 32}  # what the C kernels' vector loops assume
+_FP16_MAX = 65504.0
+# Scale inflation so that rounding the scale to fp16 (relative error <= 2**-11) never shrinks it.
+_SCALE_UP = 1.0 + 2.0**-10
+
+
+def check_format(fmt: str) -> str:
+    """``fmt`` if it is one of :data:`WEIGHT_FORMATS`, else ``ValueError`` naming them.
+
+    Example:
+        >>> check_format("int4")
+        'int4'
+    """
+    if fmt not in WEIGHT_FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; choose one of {', '.join(WEIGHT_FORMATS)}")
+    return fmt
+
+
+@dataclass(eq=False)
+class PackedWeight:
+    """A ``[rows, cols]`` matrix in one weight format, in the layout the C kernels read.
+
+    Attributes:
+        fmt: one of :data:`WEIGHT_FORMATS`.
+        data: ``[rows, ld]`` float32 (fp32), ``[rows, ld]`` int16 bf16 bits (bf16), ``[rows, ld]`` int8
+            (int8) or ``[rows, ld // 2]`` uint8 nibble pairs (int4); contiguous.
+        scales: ``[rows, ld // group]`` float16 (int8, int4), else None; contiguous.
+        group: columns per scale (0 for fp32/bf16).
+        rows, cols: logical shape; ``ld`` >= ``cols`` is the padded row length in elements.
+
+    Example:
+        >>> p = pack(torch.randn(8, 64), "int4")
+        >>> p.c_args()[0], p.nbytes   # int4 code 3; 8 rows of 32 bytes + 2 fp16 scales each
+        (3, 288)
+    """
+
+    fmt: str
+    data: Tensor
+    scales: Tensor | None
+    group: int
+    rows: int
+    cols: int
+    ld: int
+
+    @property
+    def scale_ld(self) -> int:
+        """Scales per row (``ld // group``; 0 without scales)."""
+        return self.ld // self.group if self.group else 0
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes one kept row costs to read: its packed values plus its scales."""
+        per = self.data.numel() * self.data.element_size() // self.rows if self.rows else 0
+        return per + 2 * self.scale_ld
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the packed values and scales together (what a dense pass reads)."""
+        n = self.data.numel() * self.data.element_size()
+        return n + (0 if self.scales is None else self.scales.numel() * self.scales.element_size())
+
+    def c_args(self) -> tuple[int, int, int, int, int, int, int, int]:
+        """``(fmt code, data_ptr, rows, cols, ld, scales_ptr, scale_ld, group)``: an ``actlab_wmat`` as the
+        bindings take it. The pointers live as long as this object's tensors."""
+        sp = 0 if self.scales is None else self.scales.data_ptr()
+        return (FORMAT_CODES[self.fmt], self.data.data_ptr(), self.rows, self.cols, self.ld, sp,
+                self.scale_ld, self.group)
+
+    def dequantize(self) -> Tensor:
+        """The float32 ``[rows, cols]`` values the kernels compute with (the reference of every test)."""
+        if self.fmt == "fp32":
+            return self.data[:, : self.cols].clone()
+        if self.fmt == "bf16":
+            return self.data.view(torch.bfloat16).float()[:, : self.cols].contiguous()
+        ng = self.scale_ld
+        if self.fmt == "int8":
+            q = self.data.view(self.rows, ng, self.group).float()
+        else:
+            b = self.data.view(self.rows, ng, self.group // 2)
+            q = torch.cat([(b & 15), (b >> 4)], dim=-1).float() - 8.0
+        w = q * self.scales.float().view(self.rows, ng, 1)  # type: ignore[union-attr]
+        return w.reshape(self.rows, self.ld)[:, : self.cols].contiguous()
+
+    def to(self, device: torch.device | str) -> PackedWeight:
+        """A copy on another device (the kernels read CPU tensors only)."""
+        sc = None if self.scales is None else self.scales.to(device)
+        return PackedWeight(self.fmt, self.data.to(device), sc, self.group, self.rows, self.cols, self.ld)
+
+    def __repr__(self) -> str:
+        g = f", group={self.group}" if self.group else ""
+        return f"PackedWeight({self.fmt}, rows={self.rows}, cols={self.cols}, ld={self.ld}{g})"
+
+
+def _group_for(fmt: str, group: int | None) -> int:
+    if fmt not in _DEFAULT_GROUP:
+        if group not in (None, 0):
+            raise ValueError(f"{fmt} weights have no groups; pass group=None")
+        return 0
+    g = _DEFAULT_GROUP[fmt] if group is None else int(group)
+    m = _GROUP_MULTIPLE[fmt]
+    if g <= 0 or g % m:
+        raise ValueError(f"{fmt} group must be a positive multiple of {m}, got {group}")
+    return g
+
+
+def _scales(wg: Tensor, fmt: str) -> Tensor:
+    """fp16 scale per group of wg [rows, ng, group] (see the module docstring), refusing fp16 overflow."""
+    amax = wg.abs().amax(dim=-1)
+    if fmt == "int8":
+        s = amax / 127.0
+    else:  # the signed value of largest magnitude maps to -8
+        idx = wg.abs().argmax(dim=-1, keepdim=True)
+        s = -torch.gather(wg, -1, idx).squeeze(-1) / 8.0
+    s = s * _SCALE_UP
+    if s.numel() and float(s.abs().max()) > _FP16_MAX:
+        raise ValueError(f"{fmt}: a weight of magnitude {float(amax.max()):.3g} exceeds what fp16 scales hold")
+    return s.to(torch.float16)
+
+
+def pack(wt: Tensor, fmt: str, group: int | None = None) -> PackedWeight:
+    """Packs a float ``[rows, cols]`` matrix (for the kernels: the transposed weight ``[in, out]``).
+
+    Args:
+        wt: 2-D floating tensor, any strides and device (packed on CPU in float32).
+        fmt: one of :data:`WEIGHT_FORMATS`.
+        group: columns per scale for int8 (default 64, a multiple of 16) and int4 (default 32, a multiple
+            of 32); must be None for fp32/bf16.
+
+    Returns:
+        A :class:`PackedWeight` whose ``dequantize()`` is the format's rounding of ``wt``.
+
+    Raises:
+        ValueError: unknown format (naming the allowed ones), a tensor that is not 2-D floating, a bad
+            group, or non-finite / fp16-overflowing values in an int format.
+
+    Example:
+        >>> p = pack(torch.randn(32, 40), "int4")   # 40 columns padded to 64
+        >>> p.ld, tuple(p.data.shape), p.dequantize().shape
+        (64, (32, 32), torch.Size([32, 40]))
+    """
+    check_format(fmt)
+    if not isinstance(wt, Tensor) or wt.dim() != 2 or not wt.is_floating_point():
+        shape = tuple(wt.shape) if isinstance(wt, Tensor) else type(wt).__name__
+        raise ValueError(f"pack needs a 2-D floating tensor [rows, cols], got {shape}")
+    g = _group_for(fmt, group)
+    w = wt.detach().to(device="cpu", dtype=torch.float32)
+    rows, cols = w.shape
+    if fmt == "fp32":
+        return PackedWeight(fmt, w.contiguous().clone() if w.is_contiguous() else w.contiguous(), None, 0,
+                            rows, cols, cols)
+    if fmt == "bf16":
+        return PackedWeight(fmt, w.to(torch.bfloat16).contiguous().view(torch.int16), None, 0, rows, cols, cols)
+    if not bool(torch.isfinite(w).all()):
+        raise ValueError(f"{fmt} cannot hold NaN or inf weights; use fp32 or bf16 for this layer")
+    ld = -(-cols // g) * g
+    if ld != cols:
+        w = torch.nn.functional.pad(w, (0, ld - cols))
+    ng = ld // g
+    wg = w.reshape(rows, ng, g)
+    s16 = _scales(wg, fmt)
+    s = s16.float().unsqueeze(-1)
+    safe = torch.where(s == 0, torch.ones_like(s), s)  # an all-zero (or underflowed) group stores zeros
+    q = torch.where(s == 0, torch.zeros_like(wg), torch.round(wg / safe))
+    if fmt == "int8":
+        data = q.clamp_(-127, 127).to(torch.int8).reshape(rows, ld)
+    else:
+        nib = (q.clamp_(-8, 7) + 8).to(torch.uint8)
+        half = g // 2
+        data = (nib[..., :half] | (nib[..., half:] << 4)).reshape(rows, ld // 2)
+    return PackedWeight(fmt, data.contiguous(), s16.contiguous(), g, rows, cols, ld)
