@@ -19,7 +19,7 @@ Formats (``w`` the fp32 value, ``s`` the group's fp16 scale, groups of ``group``
 
 Shapes: ``cols`` that is not a multiple of the group is **padded** with zero columns up to ``ld`` (the
 kernels compute only ``cols`` outputs); ``rows`` is never padded. A group that is not a positive multiple
-of 16 (int8) / 32 (int4), non-finite values in an int format, or a scale beyond fp16's range is refused
+of 16 (int8) / 32 (int4), non-finite values in any format but fp32, or a scale beyond fp16's range is refused
 with ``ValueError``. fp16 scales underflow for groups whose largest magnitude is below about ``1e-5``
 (such groups dequantize to tiny values or zero: an absolute error below that magnitude).
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["FORMAT_CODES", "WEIGHT_FORMATS", "PackedWeight", "check_format", "pack"]
+__all__ = ["FORMAT_CODES", "WEIGHT_FORMATS", "PackedWeight", "check_format", "check_packed", "pack", "sparse_linear_packed"]
 
 WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
 # actlab_fmt in csrc/weights.h (part of the ABI)
@@ -179,7 +179,7 @@ def pack(wt: Tensor, fmt: str, group: int | None = None) -> PackedWeight:
 
     Raises:
         ValueError: unknown format (naming the allowed ones), a tensor that is not 2-D floating, a bad
-            group, or non-finite / fp16-overflowing values in an int format.
+            group, or non-finite values (any format but fp32) / fp16-overflowing ones.
 
     Example:
         >>> p = pack(torch.randn(32, 40), "int4")   # 40 columns padded to 64
@@ -196,10 +196,10 @@ def pack(wt: Tensor, fmt: str, group: int | None = None) -> PackedWeight:
     if fmt == "fp32":
         return PackedWeight(fmt, w.contiguous().clone() if w.is_contiguous() else w.contiguous(), None, 0,
                             rows, cols, cols)
+    if not bool(torch.isfinite(w).all()):  # the kernels skip masked rows: 0 * inf would not be NaN
+        raise ValueError(f"{fmt} weights must be finite (NaN or inf found); keep this layer in fp32")
     if fmt == "bf16":
         return PackedWeight(fmt, w.to(torch.bfloat16).contiguous().view(torch.int16), None, 0, rows, cols, cols)
-    if not bool(torch.isfinite(w).all()):
-        raise ValueError(f"{fmt} cannot hold NaN or inf weights; use fp32 or bf16 for this layer")
     ld = -(-cols // g) * g
     if ld != cols:
         w = torch.nn.functional.pad(w, (0, ld - cols))
@@ -216,3 +216,102 @@ def pack(wt: Tensor, fmt: str, group: int | None = None) -> PackedWeight:
         half = g // 2
         data = (nib[..., :half] | (nib[..., half:] << 4)).reshape(rows, ld // 2)
     return PackedWeight(fmt, data.contiguous(), s16.contiguous(), g, rows, cols, ld)
+
+
+_DATA_DTYPES = {"fp32": torch.float32, "bf16": torch.int16, "int8": torch.int8, "int4": torch.uint8}
+
+
+def check_packed(p: PackedWeight) -> None:
+    """Raises ValueError unless ``p``'s tensors are what its fields promise: the lengths C will read
+    behind each pointer (dtype, contiguity, ``data`` ``[rows, ld]`` or ``[rows, ld // 2]``, ``scales``
+    ``[rows, ld // group]``, group rules). Runs before any pointer reaches C.
+
+    Example:
+        >>> check_packed(pack(torch.randn(4, 64), "int8"))
+    """
+    if not isinstance(p, PackedWeight):
+        raise ValueError(f"expected a PackedWeight (from actlab.kernels.quant.pack), got {type(p).__name__}")
+    check_format(p.fmt)
+    if p.rows < 0 or p.cols < 0 or p.ld < p.cols:
+        raise ValueError(f"packed weight has rows={p.rows}, cols={p.cols}, ld={p.ld}: need ld >= cols >= 0")
+    width = p.ld // 2 if p.fmt == "int4" else p.ld
+    d = p.data
+    if d.dtype is not _DATA_DTYPES[p.fmt] or tuple(d.shape) != (p.rows, width) or not d.is_contiguous():
+        raise ValueError(
+            f"{p.fmt} data must be a contiguous {_DATA_DTYPES[p.fmt]} tensor of shape ({p.rows}, {width}), "
+            f"got {d.dtype} {tuple(d.shape)}; rebuild it with pack()")
+    if p.fmt in _GROUP_MULTIPLE:
+        m = _GROUP_MULTIPLE[p.fmt]
+        if p.group <= 0 or p.group % m or p.ld % p.group:
+            raise ValueError(f"{p.fmt} group {p.group} must be a multiple of {m} dividing ld={p.ld}")
+        sc = p.scales
+        if sc is None or sc.dtype is not torch.float16 or tuple(sc.shape) != (p.rows, p.ld // p.group) or \
+                not sc.is_contiguous():
+            got = None if sc is None else f"{sc.dtype} {tuple(sc.shape)}"
+            raise ValueError(f"{p.fmt} scales must be contiguous float16 ({p.rows}, {p.ld // p.group}), got {got}")
+    elif p.scales is not None:
+        raise ValueError(f"{p.fmt} weights have no scales")
+    if not d.is_cpu:
+        raise ValueError("packed weights must be on the CPU (the kernels read host memory)")
+
+
+_KEEP_ALL = -1.0  # |x| > -1 keeps every input but NaN (as the C side does for a NULL threshold)
+
+
+def sparse_linear_packed(x: Tensor, packed: PackedWeight, threshold: Tensor | float | None = None,
+                         bias: Tensor | None = None) -> Tensor:
+    """``y = mask(x, threshold) @ W + bias`` for a packed transposed weight ``W [in, out]`` in any format,
+    reading only the packed rows (and scales) of kept inputs.
+
+    Decode-sized calls (up to ``ops.MAX_KERNEL_ROWS`` tokens) on CPU float32 run the C kernel of the
+    format; longer inputs, autograd and compilation run the reference (``dequantize()`` and
+    :func:`actlab.kernels.ops.sparse_linear_reference`), as does a missing or disabled extension (with the
+    one-time ``ActlabKernelWarning``). ``threshold=None`` keeps every input except NaN (a dense GEMV).
+
+    Raises:
+        ValueError: a packed weight inconsistent with its fields, ``x``'s features != ``packed.rows``, a
+            threshold not scalar or ``[in]``, a bias not ``[out]``.
+
+    Example:
+        >>> wt = torch.randn(64, 48)
+        >>> p = pack(wt, "int8")
+        >>> x = torch.randn(1, 64)
+        >>> y = sparse_linear_packed(x, p, 0.5)
+        >>> ref = torch.where(x.abs() > 0.5, x, 0) @ p.dequantize()
+        >>> bool(torch.allclose(y, ref, atol=1e-4))
+        True
+    """
+    from actlab.kernels import ops
+    from actlab.kernels._args import check_bias, check_threshold, count_rows, rows_view
+
+    check_packed(packed)
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != packed.rows:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be [..., {packed.rows}] for this packed weight, got {shape}")
+    thr = threshold
+    if thr is None:
+        thr = _KEEP_ALL
+    if not isinstance(thr, Tensor):
+        thr = torch.tensor(float(thr), dtype=torch.float32)
+    check_threshold("threshold", thr, packed.rows)
+    check_bias("bias", bias, packed.cols)
+    rows = count_rows(x)
+    direct = not torch.compiler.is_compiling() and type(x) is torch.Tensor and not (
+        torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
+    if direct and rows <= ops.MAX_KERNEL_ROWS:
+        reason = ops._why_not_kernel((), x, thr, bias)
+        if reason is None and packed.fmt == "fp32" and not ops.all_finite(packed.data):
+            reason = "a weight holds NaN or inf (the reference runs: masked rows propagate it as 0 * inf = NaN)"
+        if reason is None:
+            x2, nrows, x_ld = rows_view(x)
+            thr_c = thr if thr.is_contiguous() else thr.contiguous()
+            b = None if bias is None else bias.contiguous()
+            y = x.new_empty(tuple(x.shape[:-1]) + (packed.cols,))
+            ops._extension().sparse_linear_w(  # type: ignore[union-attr]
+                x2.data_ptr(), nrows, packed.rows, x_ld, *packed.c_args(), thr_c.data_ptr(),
+                int(thr_c.numel() != 1), 0 if b is None else b.data_ptr(), y.data_ptr(), packed.cols,
+                torch.get_num_threads())
+            return y
+        ops._warn_once(reason)
+    w = packed.dequantize().to(device=x.device, dtype=x.dtype)
+    return ops.sparse_linear_reference(x, w, thr.to(x.device), bias)

@@ -1,26 +1,204 @@
 /*
  * Sparse-input GEMV over the weight formats of weights.h. F32 goes to the fp32 kernels of sparse_gemv.c;
- * the other formats are being added (issue 12).
+ * BF16, Q8 and Q4 run the loops of weights_kernel.h (instantiated below per instruction set, dispatched by
+ * the same actlab_get_isa()/actlab_set_isa() as the fp32 kernels), with the row selection of
+ * sparse_gemv.c and a copy of its column blocking and threading (dynamic blocks, the load guard report),
+ * kept here so sparse_gemv.c's threading policy is untouched.
  */
 #include "weights.h"
 
 #include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "sparse_gemv_internal.h"
 
+/* IEEE half bits to float; exact for normals and subnormals (scales are finite by construction). */
+static inline float actlab__h2f(uint16_t h) {
+    union {
+        uint32_t u;
+        float f;
+    } v;
+    const uint32_t em = h & 0x7fffu;
+    v.u = em << 13;
+    v.f *= 0x1p112f; /* rebias the exponent (15 -> 127); also scales subnormals exactly */
+    if (em >= 0x7c00u) v.u |= 0x7f800000u;
+    v.u |= (uint32_t)(h & 0x8000u) << 16;
+    return v.f;
+}
+
+static inline float actlab__bf16(uint16_t h) {
+    union {
+        uint32_t u;
+        float f;
+    } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
+
+#define KSUFFIX generic
+#define KTARGET
+#define KVBYTES 16
+#include "weights_kernel.h"
+#undef KSUFFIX
+#undef KTARGET
+#undef KVBYTES
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(ACTLAB_PORTABLE_ONLY)
+#define ACTLAB_X86 1
+#define KSUFFIX avx2
+#define KTARGET __attribute__((target("avx2,fma")))
+#define KVBYTES 32
+#include "weights_kernel.h"
+#undef KSUFFIX
+#undef KTARGET
+#undef KVBYTES
+
+#define KSUFFIX avx512
+#define KTARGET __attribute__((target("avx512f,avx512bw,avx2,fma")))
+#define KVBYTES 64
+#include "weights_kernel.h"
+#undef KSUFFIX
+#undef KTARGET
+#undef KVBYTES
+#endif
+
+typedef void (*wcols_fn)(const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t xs, int64_t nk,
+                         int nb, int64_t c0, int64_t n, float *acc, int64_t acc_ld);
+
+/* [isa][fmt - BF16] */
+static wcols_fn wkernel(actlab_fmt fmt) {
+    static const wcols_fn generic[3] = {bf16_cols_generic, q8_cols_generic, q4_cols_generic};
+#ifdef ACTLAB_X86
+    static const wcols_fn avx2[3] = {bf16_cols_avx2, q8_cols_avx2, q4_cols_avx2};
+    static const wcols_fn avx512[3] = {bf16_cols_avx512, q8_cols_avx512, q4_cols_avx512};
+    const actlab_isa isa = actlab_get_isa();
+    /* avx512bw (byte vectors) comes with avx512f on every CPU that has shipped; check it anyway */
+    if (isa == ACTLAB_ISA_AVX512 && __builtin_cpu_supports("avx512bw")) return avx512[fmt - ACTLAB_FMT_BF16];
+    if (isa == ACTLAB_ISA_AVX512 || isa == ACTLAB_ISA_AVX2) return avx2[fmt - ACTLAB_FMT_BF16];
+#endif
+    return generic[fmt - ACTLAB_FMT_BF16];
+}
+
 int actlab_valid_wmat(const actlab_wmat *w) {
-    if (w == NULL || w->rows < 0 || w->cols < 0 || w->ld < w->cols) return 0;
-    if (w->data == NULL && w->rows > 0 && w->cols > 0) return 0;
-    return w->fmt == ACTLAB_FMT_F32;
+    if (w == NULL || w->rows < 0 || w->cols < 0 || w->ld < w->cols || w->rows >= INT32_MAX) return 0;
+    const int empty = w->rows == 0 || w->cols == 0;
+    if (w->data == NULL && !empty) return 0;
+    switch (w->fmt) {
+    case ACTLAB_FMT_F32:
+    case ACTLAB_FMT_BF16: return 1;
+    case ACTLAB_FMT_Q8:
+    case ACTLAB_FMT_Q4: {
+        const int64_t m = w->fmt == ACTLAB_FMT_Q8 ? 16 : 32; /* the vector loops' unit */
+        if (w->group <= 0 || w->group % m != 0 || w->ld % w->group != 0) return 0;
+        if (w->scale_ld < w->ld / w->group || (w->scales == NULL && !empty)) return 0;
+        return 1;
+    }
+    }
+    return 0;
+}
+
+/* Same padding rule as sparse_gemv.c: private accumulators off the 4 KiB aliasing stride. */
+static int64_t padded_ld(int64_t n) {
+    int64_t ld = ((n + 15) & ~(int64_t)15) + 16;
+    if ((ld * (int64_t)sizeof(float)) % 4096 == 0) ld += 16;
+    return ld;
+}
+
+static int wblock(wcols_fn fn, const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t nk, int B,
+                  const float *bias, float *y, int64_t y_ld, int64_t c0, int64_t c1) {
+    const int64_t n = c1 - c0;
+    const int64_t ld = B == 1 ? y_ld : padded_ld(n);
+    float *acc = B == 1 ? y + c0 : malloc((size_t)(B * ld) * sizeof(float));
+    if (acc == NULL) return 0;
+    for (int b = 0; b < B; ++b) {
+        if (bias) memcpy(acc + b * ld, bias + c0, (size_t)n * sizeof(float));
+        else memset(acc + b * ld, 0, (size_t)n * sizeof(float));
+    }
+    for (int b0 = 0; b0 < B; b0 += 8) /* at most 8 tokens share one pass over the rows */
+        fn(w, idx, xv + b0, B, nk, B - b0 < 8 ? B - b0 : 8, c0, n, acc + b0 * ld, ld);
+    if (B > 1) {
+        for (int b = 0; b < B; ++b) memcpy(y + b * y_ld + c0, acc + b * ld, (size_t)n * sizeof(float));
+        free(acc);
+    }
+    return 1;
+}
+
+/* Block width as sparse_gemv.c's block_width (accumulators within L2, equal shares), then a whole number
+ * of groups so every block starts on a scale boundary. */
+static int64_t wblock_width(int64_t out, int nt, int B, int64_t unit) {
+    int64_t cap = 16384 / B;
+    if (cap < 256) cap = 256;
+    int64_t nblocks = (out + cap - 1) / cap;
+    nblocks = (nblocks + nt - 1) / nt * nt;
+    const int64_t bw = (out + nblocks - 1) / nblocks;
+    return (bw + unit - 1) / unit * unit;
+}
+
+static int run_cols_w(const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t nk, int B,
+                      const float *bias, float *y, int64_t y_ld, int num_threads) {
+    const int64_t out = w->cols;
+    const int64_t unit = w->group > 16 ? w->group : 16;
+    const int64_t row_bytes = w->fmt == ACTLAB_FMT_Q4 ? out / 2 + 2 * (out / unit + 1)
+                              : w->fmt == ACTLAB_FMT_Q8 ? out + 2 * (out / unit + 1)
+                                                        : 2 * out;
+    int nt = actlab__resolve_threads(num_threads, nk * row_bytes);
+    if (nt > (out + unit - 1) / unit) nt = (int)((out + unit - 1) / unit);
+    if (nt < 1) nt = 1;
+    const int64_t bw = wblock_width(out, nt, B, unit);
+    const wcols_fn fn = wkernel(w->fmt);
+    int ok = 1;
+    if (nt < 2) {
+        for (int64_t c0 = 0; c0 < out && ok; c0 += bw)
+            ok = wblock(fn, w, idx, xv, nk, B, bias, y, y_ld, c0, c0 + bw < out ? c0 + bw : out);
+        return ok ? ACTLAB_OK : ACTLAB_ERR_NOMEM;
+    }
+#ifdef _OPENMP
+    const int64_t nblocks = (out + bw - 1) / bw;
+    double t0 = actlab__now(), t_caller_done = 0.0;
+#pragma omp parallel num_threads(nt) reduction(&& : ok)
+    {
+#pragma omp for schedule(dynamic, 1) nowait
+        for (int64_t blk = 0; blk < nblocks; ++blk) {
+            const int64_t c0 = blk * bw, c1 = c0 + bw < out ? c0 + bw : out;
+            ok = wblock(fn, w, idx, xv, nk, B, bias, y, y_ld, c0, c1) && ok;
+        }
+        if (omp_get_thread_num() == 0) t_caller_done = actlab__now();
+    }
+    const double t1 = actlab__now();
+    actlab__guard_note(t1 - t_caller_done, t1 - t0);
+#endif
+    return ok ? ACTLAB_OK : ACTLAB_ERR_NOMEM;
 }
 
 int actlab_sparse_linear_w(actlab_mat x, const actlab_wmat *wt, actlab_thr thr, const float *bias, float *y,
                            int64_t y_ld, int num_threads) {
     if (!actlab_valid_wmat(wt)) return ACTLAB_ERR_ARGS;
-    const actlab_mat wm = {(const float *)wt->data, wt->rows, wt->cols, wt->ld};
     if (thr.data == NULL) {
         static const float keep_all = -1.0f; /* |x| > -1 keeps every input but NaN */
         thr = (actlab_thr){&keep_all, 0};
     }
-    return actlab_sparse_linear(x, wm, thr, bias, y, y_ld, num_threads);
+    if (wt->fmt == ACTLAB_FMT_F32) {
+        const actlab_mat wm = {(const float *)wt->data, wt->rows, wt->cols, wt->ld};
+        return actlab_sparse_linear(x, wm, thr, bias, y, y_ld, num_threads);
+    }
+    if (!actlab__valid_mat(x) || x.cols != wt->rows || x.cols >= INT32_MAX) return ACTLAB_ERR_ARGS;
+    if (x.rows == 0 || wt->cols == 0) return ACTLAB_OK;
+    if (y == NULL || y_ld < wt->cols || x.rows > INT32_MAX) return ACTLAB_ERR_ARGS;
+    const int B = (int)x.rows;
+    int32_t *idx = malloc((size_t)(x.cols + 1) * sizeof(int32_t));
+    float *xv = malloc((size_t)(x.cols * B + 1) * sizeof(float));
+    if (!idx || !xv) {
+        free(idx);
+        free(xv);
+        return ACTLAB_ERR_NOMEM;
+    }
+    const int64_t nk = actlab__select_rows(x, thr, idx, xv, NULL);
+    const int status = run_cols_w(wt, idx, xv, nk, B, bias, y, y_ld, num_threads);
+    free(idx);
+    free(xv);
+    return status;
 }
