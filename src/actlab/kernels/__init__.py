@@ -30,6 +30,14 @@ _EXPORTS: dict[str, str] = {
     "sparse_gated_mlp_reference": "actlab.kernels.reference",
     "SparseLinear": "actlab.kernels.linear",
     "SparseGatedMLP": "actlab.kernels.linear",
+    "WEIGHT_FORMATS": "actlab.kernels.quant",
+    "PackedWeight": "actlab.kernels.quant",
+    "pack": "actlab.kernels.quant",
+    "sparse_linear_packed": "actlab.kernels.quant",
+    "install_kernels": "actlab.kernels.swap",
+    "remove_kernels": "actlab.kernels.swap",
+    "quantize_linears_": "actlab.kernels.quantize",
+    "fake_quantize_": "actlab.kernels.quantize",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,7 +2,8 @@
 
 They hold only the layout the kernel reads (transposed weights, plus ``w_up`` row-major for the gated MLP)
 and drop the original ``nn.Linear`` weights, so a sparsified model is not twice the size; ``to_linear`` /
-``to_linears`` rebuild bit-identical ``nn.Linear`` layers for ``remove_``. Decode steps (at most
+``to_linears`` rebuild bit-identical ``nn.Linear`` layers for ``remove_`` (for a quantized
+``SparseLinear``: the dequantized weights, no longer bit-identical to the originals). Decode steps (at most
 ``ops.MAX_KERNEL_ROWS`` tokens) run the C kernel; longer inputs (prefill) run a dense matmul on the masked
 input with the same semantics. Without the extension both fall back to the reference, with a warning.
 """
@@ -14,8 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from actlab.kernels import ops
+from actlab.kernels import ops, quant
 from actlab.kernels._args import check_bias
+from actlab.kernels.quant import PackedWeight
 from actlab.kernels.reference import Activation
 
 __all__ = ["SparseGatedMLP", "SparseLinear"]
@@ -63,6 +65,11 @@ class SparseLinear(nn.Module):
     Several Linears (q/k/v, gate/up) are concatenated along the output so the kept-input selection and
     the weight pass happen once; ``forward`` then returns a tuple of their outputs.
 
+    ``weights`` picks the format the kernel reads (:data:`actlab.kernels.quant.WEIGHT_FORMATS`): fp32
+    keeps ``weight_t`` as a parameter; bf16/int8/int4 hold only the packed buffers ``qdata``/``qscales``.
+    ``packed`` is the :class:`~actlab.kernels.quant.PackedWeight` for every format. ``threshold=None``
+    keeps every input (a dense layer through the same kernel).
+
     Example:
         >>> q, k = nn.Linear(64, 64), nn.Linear(64, 16)
         >>> fused = SparseLinear.from_linear([q, k], threshold=0.3)
@@ -72,23 +79,36 @@ class SparseLinear(nn.Module):
         >>> q2, k2 = fused.to_linear()   # bit-identical to q and k
         >>> torch.equal(q2.weight, q.weight)
         True
+        >>> SparseLinear.from_linear(q, threshold=None, weights="int8").packed.fmt
+        'int8'
     """
 
     def __init__(
         self,
         weight_t: Tensor,
-        threshold: Tensor | float,
+        threshold: Threshold,
         bias: Tensor | None = None,
         split_sizes: Sequence[int] | None = None,
         has_bias: Sequence[bool] | None = None,
         requires_grad: bool = False,
+        weights: str = "fp32",
+        group: int | None = None,
     ) -> None:
         """Wraps an already transposed ``[in, out]`` weight; most callers want :meth:`from_linear`."""
         super().__init__()
-        self.weight_t = _frozen(_kernel_layout(weight_t))  # [in, out]
+        self.weights = quant.check_format(weights)
+        if weights == "fp32":
+            self.weight_t = _frozen(_kernel_layout(weight_t))  # [in, out]
+        else:
+            p = quant.pack(weight_t, weights, group)
+            self.weight_t = None
+            self.register_buffer("qdata", ops.kernel_weight(p.data) if p.nbytes >= (4 << 20) else p.data)
+            self.register_buffer("qscales", p.scales)
+            self._qshape = (p.group, p.rows, p.cols, p.ld)
         check_bias("bias", bias, weight_t.shape[1])  # at construction, not at the first decoded token
         self.bias = None if bias is None else _frozen(bias.detach().contiguous())
         self.register_buffer("threshold", _threshold_buffer(threshold, weight_t.shape[0], weight_t))
+        self.register_buffer("_keep_all", torch.tensor(-1.0), persistent=False)  # |x| > -1: all but NaN
         self.split_sizes = None if split_sizes is None else tuple(int(s) for s in split_sizes)
         n_parts = 1 if self.split_sizes is None else len(self.split_sizes)
         self.has_bias = tuple(has_bias) if has_bias is not None else (bias is not None,) * n_parts
@@ -97,12 +117,21 @@ class SparseLinear(nn.Module):
             raise ValueError(f"split sizes {self.split_sizes} do not add up to {weight_t.shape[1]} outputs")
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear | Sequence[nn.Linear], threshold: Tensor | float) -> SparseLinear:
+    def from_linear(
+        cls,
+        linear: nn.Linear | Sequence[nn.Linear],
+        threshold: Threshold,
+        weights: str = "fp32",
+        group: int | None = None,
+    ) -> SparseLinear:
         """Builds from one Linear, or a list of Linears reading the same input (outputs concatenated).
 
         Args:
             linear: the layer(s); all must have the same ``in_features``, dtype and device.
-            threshold: scalar or ``[in_features]``; input ``i`` is kept where ``|x_i| > t_i``.
+            threshold: scalar or ``[in_features]``; input ``i`` is kept where ``|x_i| > t_i``; None keeps
+                every input.
+            weights: ``fp32``, ``bf16``, ``int8`` or ``int4`` (see :mod:`actlab.kernels.quant`).
+            group: columns per scale for int8/int4 (None: the format's default).
         """
         layers = [linear] if isinstance(linear, nn.Linear) else list(linear)
         if not layers or len({lin.in_features for lin in layers}) != 1:
@@ -124,25 +153,42 @@ class SparseLinear(nn.Module):
             split_sizes=None if isinstance(linear, nn.Linear) else [lin.out_features for lin in layers],
             has_bias=has_bias,
             requires_grad=layers[0].weight.requires_grad,
+            weights=weights,
+            group=group,
         )
 
     @property
+    def packed(self) -> PackedWeight:
+        """The weight as the kernels read it (any format; built from the current tensors on each access)."""
+        if self.weight_t is not None:
+            w = self.weight_t.detach()
+            return PackedWeight("fp32", w, None, 0, w.shape[0], w.shape[1], w.shape[1])
+        group, rows, cols, ld = self._qshape
+        return PackedWeight(self.weights, self.qdata, self.qscales, group, rows, cols, ld)
+
+    @property
     def in_features(self) -> int:
-        return self.weight_t.shape[0]
+        return self.weight_t.shape[0] if self.weight_t is not None else self._qshape[1]
 
     @property
     def out_features(self) -> int:
-        return self.weight_t.shape[1]
+        return self.weight_t.shape[1] if self.weight_t is not None else self._qshape[2]
 
     def forward(self, x: Tensor) -> Tensor | tuple[Tensor, ...]:
-        y = ops.sparse_linear(x, self.weight_t, self.threshold, self.bias)  # [..., out]
+        if self.weight_t is not None:
+            t = self.threshold if self.threshold is not None else self._keep_all
+            y = ops.sparse_linear(x, self.weight_t, t, self.bias)  # [..., out]
+        else:
+            y = quant.sparse_linear_packed(x, self.packed, self.threshold, self.bias)
         if self.split_sizes is None:
             return y
         return tuple(y.split(self.split_sizes, dim=-1))
 
     def to_linear(self) -> nn.Linear | list[nn.Linear]:
-        """The original Linear(s), bit-identical (weights re-transposed, absent biases absent again)."""
-        weight = self.weight_t.detach().t()  # [out, in], a view
+        """The original Linear(s), bit-identical (weights re-transposed, absent biases absent again); for
+        bf16/int8/int4 the dequantized float32 weights, which are not the originals."""
+        w = self.weight_t.detach() if self.weight_t is not None else self.packed.dequantize()
+        weight = w.t()  # [out, in], a view
         sizes = self.split_sizes or (self.out_features,)
         layers, start = [], 0
         for size, has_bias in zip(sizes, self.has_bias, strict=True):
@@ -153,9 +199,13 @@ class SparseLinear(nn.Module):
         return layers[0] if self.split_sizes is None else layers
 
     def extra_repr(self) -> str:
-        t = "per-channel" if self.threshold.dim() else f"{float(self.threshold):.4g}"
+        if self.threshold is None:
+            t = "none"
+        else:
+            t = "per-channel" if self.threshold.dim() else f"{float(self.threshold):.4g}"
         split = f", split={list(self.split_sizes)}" if self.split_sizes else ""
-        return f"in={self.in_features}, out={self.out_features}, threshold={t}{split}, bias={self.bias is not None}"
+        return (f"in={self.in_features}, out={self.out_features}, threshold={t}{split}, "
+                f"bias={self.bias is not None}, weights={self.weights}")
 
 
 class SparseGatedMLP(nn.Module):

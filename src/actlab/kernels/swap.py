@@ -110,11 +110,18 @@ def _kernel(entry: Any) -> str | None:
     return entry_kind(entry.kind).kernel
 
 
-def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
+def install_kernels(model: nn.Module, plan: Any, weights: str = "fp32") -> list[Any]:
     """Swap kernel modules in for ``plan``'s entries; returns the entries left for the masking path.
 
-    The caller (``apply_``) has already checked that the plan fits the model.
+    The caller (``apply_``) has already checked that the plan fits the model. ``weights`` (``fp32``,
+    ``bf16``, ``int8``, ``int4``) is the format of the linear kernels; with another format than fp32 the
+    decoder linears no entry covers become dense kernels in that format too
+    (:func:`actlab.kernels.quantize.quantize_linears_`), so the whole model reads one format. Gated-MLP
+    kernels (``act`` entries) stay fp32, with a warning.
     """
+    from actlab.kernels.quant import check_format
+
+    check_format(weights)
     adapter = get_adapter(model)
     leftover: list[Any] = []
     by_layer: dict[int, list[Any]] = defaultdict(list)
@@ -137,6 +144,8 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
             act_entries = []
         if act_entries:
             mlp_entries = [e for e in entries if _kernel(e) == "linear" and set(e.consumers) <= {*gate_up, down}]
+            if weights != "fp32":
+                _warn(f"layer {layer}: the gated-MLP kernel reads fp32 weights only; its MLP stays fp32")
             if _mlp_kernel(model, act_entries[0], mlp_entries, gate_up, down, act):
                 entries = [e for e in entries if e not in act_entries and e not in mlp_entries]
             else:
@@ -152,13 +161,18 @@ def install_kernels(model: nn.Module, plan: Any) -> list[Any]:
                       "hooks some); masking instead")
                 leftover.append(e)
                 continue
-            fused = SparseLinear.from_linear(layers if len(layers) > 1 else layers[0], e.threshold)
+            fused = SparseLinear.from_linear(layers if len(layers) > 1 else layers[0], e.threshold, weights)
             if len(layers) == 1:
                 _set(model, e.consumers[0], fused)
                 continue
             group = _Group(fused, list(e.consumers))
             for i, path in enumerate(e.consumers):
                 _set(model, path, FusedMember(group, i))
+    if weights != "fp32":
+        from actlab.kernels.quantize import quantize_linears_
+
+        leftover_paths = {p for e in leftover for p in e.consumers}
+        quantize_linears_(model, weights, skip=leftover_paths)
     if any(_kernel(e) is None for e in leftover):
         _warn(
             "top-k entries select per token, not by threshold: they run on the masking path, not the kernels"
@@ -230,7 +244,8 @@ def kernel_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def remove_kernels(model: nn.Module) -> None:
-    """Rebuild the original dense modules (bit-identical weights) wherever kernels were installed."""
+    """Rebuild the original dense modules wherever kernels were installed: bit-identical weights for fp32
+    kernels, the dequantized weights for bf16/int8/int4 ones (the originals are gone)."""
     groups: dict[int, tuple[_Group, list[str]]] = {}
     for path, module in kernel_modules(model):
         if isinstance(module, FusedMember):

@@ -203,7 +203,7 @@ def check_plan(model: nn.Module, plan: SparsityPlan, kernels: bool = False) -> N
             raise PlanError(f"plan entry {e.key}: threshold has {e.threshold.numel()} channels, the layer {width}")
 
 
-def apply_(model: nn.Module, plan: SparsityPlan, kernels: bool = False) -> nn.Module:
+def apply_(model: nn.Module, plan: SparsityPlan, kernels: bool = False, weights: str | None = None) -> nn.Module:
     """Install ``plan``'s masks in ``model`` (in place; returns it). Nothing is applied if a check fails.
 
     Args:
@@ -216,18 +216,27 @@ def apply_(model: nn.Module, plan: SparsityPlan, kernels: bool = False) -> nn.Mo
             weight rows of masked inputs and so decode faster; entries the kernels cannot take
             (top-k, LoRA layers) stay on the masking path. Without the compiled kernels this still
             works, on the pure-PyTorch reference, with a warning.
+        weights: with ``kernels=True``, the weight format the kernels read: ``fp32`` (default), ``bf16``,
+            ``int8`` or ``int4`` (see ``actlab.kernels.install_kernels``; not bit-exact to the dense model).
 
     Example:
         >>> actlab.apply_(model, actlab.SparsityPlan.load("plans/teal50"))   # doctest: +SKIP
         >>> model.generate(ids, max_new_tokens=20)                           # doctest: +SKIP
     """
+    if weights is not None:
+        if not kernels:
+            raise ValueError(f"weights={weights!r} needs the kernels: call apply_(model, plan, kernels=True, "
+                             f"weights={weights!r})")
+        from actlab.kernels.quant import check_format
+
+        check_format(weights)
     check_plan(model, plan, kernels)
     root = unwrap(model)[0]
     entries = plan.entries
     if kernels:
         from actlab.kernels.swap import install_kernels
 
-        entries = install_kernels(root, plan)
+        entries = install_kernels(root, plan, weights or "fp32")
     owner = PlanMasks(plan.method)
     try:
         owner.install(root, entries)
