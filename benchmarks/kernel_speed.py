@@ -13,6 +13,11 @@ Example:
     python benchmarks/kernel_speed.py --threads 2
     python benchmarks/kernel_speed.py --shapes 4096x11008 --sparsity 0 50 --batch 4 --json out.json
     python benchmarks/kernel_speed.py --mlp 4096x11008   # fused gated MLP vs three dense GEMVs
+    python benchmarks/kernel_speed.py --formats fp32,bf16,int8,int4 --sparsity 0 50 70 90
+
+``--formats`` replaces the fp32-vs-torch table by one per weight format: the format's kernel at each
+sparsity against the same kernel with no threshold (dense, same format), the ceiling 1 / kept, and the GB/s
+each achieves counting the bytes actually read (kept rows x packed row bytes, scales included).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import torch.nn.functional as F
 
 from actlab.kernels import ops
 from actlab.kernels.linear import SparseGatedMLP, SparseLinear
+from actlab.kernels.quant import pack, sparse_linear_packed
 
 SHAPES = ["576x1536", "1536x576", "2048x8192", "8192x2048", "4096x11008", "11008x4096"]
 SPARSITIES = [0, 25, 50, 70, 90]
@@ -148,6 +154,44 @@ def bench_mlp(shape: str, sparsities: list[float], args: argparse.Namespace) -> 
     return rows
 
 
+def bench_formats(shape: str, sparsities: list[float], fmt: str, args: argparse.Namespace) -> list[dict]:
+    """One format's kernel: sparse (threshold) vs dense (no threshold) on the same packed weights."""
+    n_out, n_in = (int(v) for v in shape.split("x"))
+    first = pack(torch.randn(n_in, n_out), fmt)  # [in, out], the transposed layout
+    n = _copies(first.nbytes, args.warm)
+    ps = [first] + [pack(torch.randn(n_in, n_out), fmt) for _ in range(n - 1)]
+    rows = []
+    for s in sparsities:
+        xs = [torch.randn(args.batch, n_in) for _ in range(POOL)]
+        ts = [_threshold_masking(x, s / 100) for x in xs]
+        kept = statistics.mean((x.abs() > t).any(0).float().mean().item() for x, t in zip(xs, ts, strict=True))
+        dense_s, sparse_s = _interleaved(
+            [
+                lambda r, xs=xs: sparse_linear_packed(xs[r % POOL], ps[r % n]),
+                lambda r, xs=xs, ts=ts: sparse_linear_packed(xs[r % POOL], ps[r % n], ts[r % POOL]),
+            ],
+            args.reps,
+            args.warmup,
+        )
+        read = kept * n_in * first.row_bytes  # bytes a sparse call reads: its kept rows and their scales
+        rows.append(
+            {
+                "shape": shape, "format": fmt, "batch": args.batch, "sparsity": s, "kept": kept,
+                "dense_us": dense_s * 1e6, "sparse_us": sparse_s * 1e6, "speedup": dense_s / sparse_s,
+                "ceiling": 1 / kept if kept > 0 else math.inf,
+                "dense_gbs": first.nbytes / dense_s / 1e9, "sparse_gbs": read / sparse_s / 1e9,
+            }
+        )  # fmt: skip
+        r = rows[-1]
+        ceiling = "inf" if math.isinf(r["ceiling"]) else f"{r['ceiling']:.2f}x"
+        print(
+            f"| {shape} | {fmt} | {s:g}% | {r['dense_us']:.1f} | {r['sparse_us']:.1f} | {r['speedup']:.2f}x "
+            f"| {ceiling} | {r['dense_gbs']:.1f} | {r['sparse_gbs']:.1f} |",
+            flush=True,
+        )
+    return rows
+
+
 def dispatcher_overhead(args: argparse.Namespace) -> dict:
     """Microseconds per call of each entry point on a small, cache-resident layer (576x1536, 50%)."""
     lin = torch.nn.Linear(1536, 576, bias=False)
@@ -215,7 +259,9 @@ def main() -> None:
     parser.add_argument("--warm", action="store_true", help="one weight copy (small shapes run from cache)")
     parser.add_argument("--no-hugepages", action="store_true", help="plain 4 KiB pages for both sides")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--formats", help="comma list of weight formats (fp32,bf16,int8,int4): per-format table")
     args = parser.parse_args()
+    formats = [f for f in (args.formats or "").split(",") if f]
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
@@ -227,9 +273,15 @@ def main() -> None:
         f"threads={args.threads} batch={args.batch} fp32 cache={'warm' if args.warm else 'cold'} pages={pages}"
     )
     print(f"{machine}; load average before: {_loadavg()}\n")
-    print("| shape (out x in) | batch | sparsity | dense torch us | actlab us | speedup | ceiling 1/(1-s) |")
-    print("|---|---|---|---|---|---|---|")
-    rows = [r for shape in args.shapes for r in bench_linear(shape, args.sparsity, args.batch, args)]
+    if formats:
+        print("| shape (out x in) | format | sparsity | dense kernel us | sparse us | speedup | ceiling "
+              "| dense GB/s | sparse GB/s |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        rows = [r for shape in args.shapes for f in formats for r in bench_formats(shape, args.sparsity, f, args)]
+    else:
+        print("| shape (out x in) | batch | sparsity | dense torch us | actlab us | speedup | ceiling 1/(1-s) |")
+        print("|---|---|---|---|---|---|---|")
+        rows = [r for shape in args.shapes for r in bench_linear(shape, args.sparsity, args.batch, args)]
     rows += [r for shape in args.mlp for r in bench_mlp(shape, args.sparsity, args)]
     overhead = dispatcher_overhead(args) if ops.available() else {}
     print(f"\nload average after: {_loadavg()}")

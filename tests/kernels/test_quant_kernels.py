@@ -103,21 +103,25 @@ def test_bad_packed_weights_refused() -> None:
     wt, x, _ = _case(64, 96, 1, 0.0, seed=2)
     p = pack(wt, "int8")
     bad = [
-        _bad(p, group=24),
-        _bad(p, group=0),
-        _bad(p, ld=64),  # ld < cols
-        _bad(p, scales=None),
-        _bad(p, scales=p.scales[:, :1].contiguous()),
-        _bad(p, scales=p.scales.float()),
-        _bad(p, data=p.data[:10]),
-        _bad(p, data=p.data.t().contiguous().t()),
-        _bad(p, fmt="int4"),  # int8 data read as nibbles
-        _bad(p, fmt="q4_k"),
-        _bad(pack(wt, "bf16"), scales=p.scales),
+        (p, {"group": 24}),
+        (p, {"group": 0}),
+        (p, {"ld": 64}),  # ld < cols
+        (p, {"scales": None}),
+        (p, {"scales": p.scales[:, :1].contiguous()}),
+        (p, {"scales": p.scales.float()}),
+        (p, {"data": p.data[:10]}),
+        (p, {"data": p.data.t().contiguous().t()}),
+        (p, {"fmt": "int4"}),  # int8 data read as nibbles
+        (p, {"fmt": "q4_k"}),
+        (pack(wt, "bf16"), {"scales": p.scales}),
     ]
-    for b in bad:
+    for base, change in bad:  # refused when built, so no kernel call can see it
         with pytest.raises(ValueError):
-            sparse_linear_packed(x, b, 0.1)
+            _bad(base, **change)
+    with pytest.raises(ValueError, match="PackedWeight"):
+        sparse_linear_packed(x, p.dequantize(), 0.1)
+    with pytest.raises(AttributeError):  # frozen: checked fields cannot drift from the tensors
+        p.ld = 64
     with pytest.raises(ValueError, match="x must be"):
         sparse_linear_packed(torch.randn(1, 63), p, 0.1)
     with pytest.raises(ValueError, match="threshold"):

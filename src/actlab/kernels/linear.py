@@ -159,12 +159,19 @@ class SparseLinear(nn.Module):
 
     @property
     def packed(self) -> PackedWeight:
-        """The weight as the kernels read it (any format; built from the current tensors on each access)."""
-        if self.weight_t is not None:
-            w = self.weight_t.detach()
-            return PackedWeight("fp32", w, None, 0, w.shape[0], w.shape[1], w.shape[1])
-        group, rows, cols, ld = self._qshape
-        return PackedWeight(self.weights, self.qdata, self.qscales, group, rows, cols, ld)
+        """The weight as the kernels read it (any format), rebuilt only when the module's tensors were
+        replaced (``.to()``, ``load_state_dict(assign=True)``)."""
+        data = self.weight_t if self.weight_t is not None else self.qdata
+        scales = None if self.weight_t is not None else self.qscales
+        cached = self.__dict__.get("_packed")
+        if cached is None or cached.data is not data or cached.scales is not scales:
+            if self.weight_t is not None:
+                cached = PackedWeight("fp32", data, None, 0, data.shape[0], data.shape[1], data.shape[1])
+            else:
+                group, rows, cols, ld = self._qshape
+                cached = PackedWeight(self.weights, data, scales, group, rows, cols, ld)
+            self.__dict__["_packed"] = cached
+        return cached
 
     @property
     def in_features(self) -> int:

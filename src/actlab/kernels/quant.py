@@ -40,6 +40,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from actlab.kernels import _args, ops
+
 __all__ = ["FORMAT_CODES", "WEIGHT_FORMATS", "PackedWeight", "check_format", "check_packed", "pack", "sparse_linear_packed"]
 
 WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
@@ -64,7 +66,7 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, frozen=True)
 class PackedWeight:
     """A ``[rows, cols]`` matrix in one weight format, in the layout the C kernels read.
 
@@ -75,6 +77,9 @@ class PackedWeight:
         scales: ``[rows, ld // group]`` float16 (int8, int4), else None; contiguous.
         group: columns per scale (0 for fp32/bf16).
         rows, cols: logical shape; ``ld`` >= ``cols`` is the padded row length in elements.
+
+    Checked once at construction (``ValueError`` if the tensors do not match the fields) and frozen, so
+    a kernel call trusts it: do not resize its tensors in place.
 
     Example:
         >>> p = pack(torch.randn(8, 64), "int4")
@@ -107,12 +112,17 @@ class PackedWeight:
         n = self.data.numel() * self.data.element_size()
         return n + (0 if self.scales is None else self.scales.numel() * self.scales.element_size())
 
+    def __post_init__(self) -> None:
+        check_packed(self)
+        sp = 0 if self.scales is None else self.scales.data_ptr()
+        args = (FORMAT_CODES[self.fmt], self.data.data_ptr(), self.rows, self.cols, self.ld, sp, self.scale_ld,
+                self.group)
+        object.__setattr__(self, "_c_args", args)
+
     def c_args(self) -> tuple[int, int, int, int, int, int, int, int]:
         """``(fmt code, data_ptr, rows, cols, ld, scales_ptr, scale_ld, group)``: an ``actlab_wmat`` as the
         bindings take it. The pointers live as long as this object's tensors."""
-        sp = 0 if self.scales is None else self.scales.data_ptr()
-        return (FORMAT_CODES[self.fmt], self.data.data_ptr(), self.rows, self.cols, self.ld, sp,
-                self.scale_ld, self.group)
+        return self._c_args  # type: ignore[attr-defined]
 
     def dequantize(self) -> Tensor:
         """The float32 ``[rows, cols]`` values the kernels compute with (the reference of every test)."""
@@ -251,11 +261,9 @@ def check_packed(p: PackedWeight) -> None:
             raise ValueError(f"{p.fmt} scales must be contiguous float16 ({p.rows}, {p.ld // p.group}), got {got}")
     elif p.scales is not None:
         raise ValueError(f"{p.fmt} weights have no scales")
-    if not d.is_cpu:
-        raise ValueError("packed weights must be on the CPU (the kernels read host memory)")
 
 
-_KEEP_ALL = -1.0  # |x| > -1 keeps every input but NaN (as the C side does for a NULL threshold)
+_KEEP_ALL = torch.tensor(-1.0)  # |x| > -1 keeps every input but NaN (as C does for a NULL threshold)
 
 
 def sparse_linear_packed(x: Tensor, packed: PackedWeight, threshold: Tensor | float | None = None,
@@ -269,7 +277,7 @@ def sparse_linear_packed(x: Tensor, packed: PackedWeight, threshold: Tensor | fl
     one-time ``ActlabKernelWarning``). ``threshold=None`` keeps every input except NaN (a dense GEMV).
 
     Raises:
-        ValueError: a packed weight inconsistent with its fields, ``x``'s features != ``packed.rows``, a
+        ValueError: ``packed`` not a :class:`PackedWeight`, ``x``'s features != ``packed.rows``, a
             threshold not scalar or ``[in]``, a bias not ``[out]``.
 
     Example:
@@ -281,35 +289,44 @@ def sparse_linear_packed(x: Tensor, packed: PackedWeight, threshold: Tensor | fl
         >>> bool(torch.allclose(y, ref, atol=1e-4))
         True
     """
-    from actlab.kernels import ops
-    from actlab.kernels._args import check_bias, check_threshold, count_rows, rows_view
-
-    check_packed(packed)
-    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != packed.rows:
+    # Runs once per layer per decoded token: cheap tensor queries only (a PackedWeight is checked when built).
+    if type(packed) is not PackedWeight:
+        check_packed(packed)
+    n_in = packed.rows
+    if not isinstance(x, Tensor) or x.dim() < 1 or x.shape[-1] != n_in:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"x must be [..., {packed.rows}] for this packed weight, got {shape}")
-    thr = threshold
-    if thr is None:
-        thr = _KEEP_ALL
+        raise ValueError(f"x must be [..., {n_in}] for this packed weight, got {shape}")
+    thr = _KEEP_ALL if threshold is None else threshold
     if not isinstance(thr, Tensor):
         thr = torch.tensor(float(thr), dtype=torch.float32)
-    check_threshold("threshold", thr, packed.rows)
-    check_bias("bias", bias, packed.cols)
-    rows = count_rows(x)
-    direct = not torch.compiler.is_compiling() and type(x) is torch.Tensor and not (
-        torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad)))
-    if direct and rows <= ops.MAX_KERNEL_ROWS:
-        reason = ops._why_not_kernel((), x, thr, bias)
-        if reason is None and packed.fmt == "fp32" and not ops.all_finite(packed.data):
+    if thr.dim():
+        _args.check_threshold("threshold", thr, n_in)
+    if bias is not None:
+        _args.check_bias("bias", bias, packed.cols)
+    rows = x.numel() // n_in if n_in and x.is_contiguous() else _args.count_rows(x)
+    if rows <= ops.MAX_KERNEL_ROWS and type(x) is torch.Tensor and not torch.compiler.is_compiling() and not (
+            torch.is_grad_enabled() and (x.requires_grad or (bias is not None and bias.requires_grad))):
+        reason = None
+        if _args.env_disabled() or ops._extension() is None:
+            reason = ops._why_not_kernel(())
+        elif not (x.is_cpu and x.dtype is torch.float32 and thr.is_cpu and thr.dtype is torch.float32) or (
+                bias is not None and not (bias.is_cpu and bias.dtype is torch.float32)):
+            reason = ops._why_not_kernel((), x, thr, bias)
+        elif not packed.data.is_cpu:
+            reason = f"kernels read CPU weights (the packed weight is on {packed.data.device})"
+        elif packed.fmt == "fp32" and not _args.all_finite(packed.data):
             reason = "a weight holds NaN or inf (the reference runs: masked rows propagate it as 0 * inf = NaN)"
         if reason is None:
-            x2, nrows, x_ld = rows_view(x)
-            thr_c = thr if thr.is_contiguous() else thr.contiguous()
-            b = None if bias is None else bias.contiguous()
-            y = x.new_empty(tuple(x.shape[:-1]) + (packed.cols,))
-            ops._extension().sparse_linear_w(  # type: ignore[union-attr]
-                x2.data_ptr(), nrows, packed.rows, x_ld, *packed.c_args(), thr_c.data_ptr(),
-                int(thr_c.numel() != 1), 0 if b is None else b.data_ptr(), y.data_ptr(), packed.cols,
+            x2, nrows, x_ld = (x, rows, n_in) if x.is_contiguous() else _args.rows_view(x)
+            if not thr.is_contiguous():
+                thr = thr.contiguous()
+            b = None if bias is None or bias.is_contiguous() else bias.contiguous()
+            if bias is not None and b is None:
+                b = bias
+            y = x.new_empty(x.shape[:-1] + (packed.cols,))
+            ops._ext.sparse_linear_w(  # type: ignore[union-attr]
+                x2.data_ptr(), nrows, n_in, x_ld, *packed._c_args, thr.data_ptr(),  # type: ignore[attr-defined]
+                int(thr.numel() != 1), 0 if b is None else b.data_ptr(), y.data_ptr(), packed.cols,
                 torch.get_num_threads())
             return y
         ops._warn_once(reason)
