@@ -49,21 +49,35 @@ static inline float actlab__bf16(uint16_t h) {
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(ACTLAB_PORTABLE_ONLY)
 #define ACTLAB_X86 1
+#include <immintrin.h>
+
 #define KSUFFIX avx2
-#define KTARGET __attribute__((target("avx2,fma")))
+#define KTARGET __attribute__((target("avx2,fma,f16c")))
 #define KVBYTES 32
+#define KWIDEN_I8(p) _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))
+#define KWIDEN_U8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))
+#define KH2F(h) _cvtsh_ss(h) /* one vcvtph2ps: the scalar bit-fiddling cost ~20% of the int4 loop */
 #include "weights_kernel.h"
 #undef KSUFFIX
 #undef KTARGET
 #undef KVBYTES
+#undef KWIDEN_I8
+#undef KWIDEN_U8
+#undef KH2F
 
 #define KSUFFIX avx512
-#define KTARGET __attribute__((target("avx512f,avx512bw,avx2,fma")))
+#define KTARGET __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
 #define KVBYTES 64
+#define KWIDEN_I8(p) _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define KWIDEN_U8(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define KH2F(h) _cvtsh_ss(h)
 #include "weights_kernel.h"
 #undef KSUFFIX
 #undef KTARGET
 #undef KVBYTES
+#undef KWIDEN_I8
+#undef KWIDEN_U8
+#undef KH2F
 #endif
 
 typedef void (*wcols_fn)(const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t xs, int64_t nk,
@@ -76,9 +90,12 @@ static wcols_fn wkernel(actlab_fmt fmt) {
     static const wcols_fn avx2[3] = {bf16_cols_avx2, q8_cols_avx2, q4_cols_avx2};
     static const wcols_fn avx512[3] = {bf16_cols_avx512, q8_cols_avx512, q4_cols_avx512};
     const actlab_isa isa = actlab_get_isa();
-    /* avx512bw (byte vectors) comes with avx512f on every CPU that has shipped; check it anyway */
-    if (isa == ACTLAB_ISA_AVX512 && __builtin_cpu_supports("avx512bw")) return avx512[fmt - ACTLAB_FMT_BF16];
-    if (isa == ACTLAB_ISA_AVX512 || isa == ACTLAB_ISA_AVX2) return avx2[fmt - ACTLAB_FMT_BF16];
+    /* f16c (scale conversion) and avx512bw come with avx2 / avx512f on every CPU that has shipped;
+     * checked anyway, falling back to the generic loops */
+    if (__builtin_cpu_supports("f16c")) {
+        if (isa == ACTLAB_ISA_AVX512 && __builtin_cpu_supports("avx512bw")) return avx512[fmt - ACTLAB_FMT_BF16];
+        if (isa == ACTLAB_ISA_AVX512 || isa == ACTLAB_ISA_AVX2) return avx2[fmt - ACTLAB_FMT_BF16];
+    }
 #endif
     return generic[fmt - ACTLAB_FMT_BF16];
 }

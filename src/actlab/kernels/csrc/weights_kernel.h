@@ -22,6 +22,7 @@
 #define WU8 KNAME(wu8)
 #define WU16 KNAME(wu16)
 #define WU32 KNAME(wu32)
+#define WI32 KNAME(wi32)
 #define KLOAD(p) (*(const WVU *)(p))
 #define KSTORE(p, v) (*(WVU *)(p) = (v))
 #define KINLINE KTARGET static inline __attribute__((always_inline))
@@ -32,13 +33,40 @@ typedef int8_t WI8 __attribute__((vector_size(KVBYTES / 4), aligned(1), may_alia
 typedef uint8_t WU8 __attribute__((vector_size(KVBYTES / 4), aligned(1), may_alias));
 typedef uint16_t WU16 __attribute__((vector_size(KVBYTES / 2), aligned(2), may_alias));
 typedef uint32_t WU32 __attribute__((vector_size(KVBYTES)));
+typedef int32_t WI32 __attribute__((vector_size(KVBYTES)));
+
+/* KW bytes widened to int32 lanes. GCC lowers a direct int8 -> float __builtin_convertvector to one
+ * scalar convert per lane (measured: int8 at 1.3 GB/s against fp32's 16), so x86 paths widen with
+ * vpmovsxbd / vpmovzxbd (KWIDEN_I8 / KWIDEN_U8, defined by weights.c) and convert int32 -> float. */
+#ifdef KWIDEN_I8
+#define WIDEN_I8(p) ((WI32)KWIDEN_I8(p))
+#define WIDEN_U8(p) ((WI32)KWIDEN_U8(p))
+#else
+KINLINE WI32 KNAME(widen_i8)(const int8_t *p) {
+    WI32 v;
+    for (int i = 0; i < KW; ++i) v[i] = p[i];
+    return v;
+}
+KINLINE WI32 KNAME(widen_u8)(const uint8_t *p) {
+    WI32 v;
+    for (int i = 0; i < KW; ++i) v[i] = p[i];
+    return v;
+}
+#define WIDEN_I8(p) KNAME(widen_i8)(p)
+#define WIDEN_U8(p) KNAME(widen_u8)(p)
+#endif
+#ifdef KH2F
+#define H2F(h) KH2F(h)
+#else
+#define H2F(h) actlab__h2f(h)
+#endif
 
 KINLINE WV KNAME(ld_bf16)(const uint16_t *p) {
     const WU32 u = __builtin_convertvector(*(const WU16 *)p, WU32) << 16;
     return (WV)u;
 }
 
-KINLINE WV KNAME(ld_q8)(const int8_t *p) { return __builtin_convertvector(*(const WI8 *)p, WV); }
+KINLINE WV KNAME(ld_q8)(const int8_t *p) { return __builtin_convertvector(WIDEN_I8(p), WV); }
 
 /* Coefficients xv[k*xs+b] * scale for up to 4 rows and nb tokens. */
 #define COEFS(NR)                                                                                         \
@@ -99,7 +127,7 @@ KINLINE void KNAME(q8_body)(const actlab_wmat *w, const int32_t *idx, const floa
         const uint16_t *h2 = w->scales + idx[k + 2] * w->scale_ld + g_first;
         const uint16_t *h3 = w->scales + idx[k + 3] * w->scale_ld + g_first;
         for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, ++gi) {
-            const float sc[4] = {actlab__h2f(h0[gi]), actlab__h2f(h1[gi]), actlab__h2f(h2[gi]), actlab__h2f(h3[gi])};
+            const float sc[4] = {H2F(h0[gi]), H2F(h1[gi]), H2F(h2[gi]), H2F(h3[gi])};
             COEFS(4)
             const int64_t gn = n - g0 < G ? n - g0 : G, gv = g0 + gn / KW * KW;
             int64_t c = g0;
@@ -120,7 +148,7 @@ KINLINE void KNAME(q8_body)(const actlab_wmat *w, const int32_t *idx, const floa
         const int8_t *r0 = data + idx[k] * ld + c0;
         const uint16_t *h0 = w->scales + idx[k] * w->scale_ld + g_first;
         for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, ++gi) {
-            const float sc[4] = {actlab__h2f(h0[gi]), 0, 0, 0};
+            const float sc[4] = {H2F(h0[gi]), 0, 0, 0};
             COEFS(1)
             const int64_t gn = n - g0 < G ? n - g0 : G, gv = g0 + gn / KW * KW;
             int64_t c = g0;
@@ -149,7 +177,7 @@ KINLINE void KNAME(q4_body)(const actlab_wmat *w, const int32_t *idx, const floa
                             int64_t nk, const int nb, int64_t c0, int64_t n, float *acc, int64_t acc_ld) {
     const uint8_t *data = (const uint8_t *)w->data;
     const int64_t ldb = w->ld / 2, G = w->group, half = G / 2, g_first = c0 / G;
-    const WU8 m15 = (WU8){0} + 15;
+    const WI32 m15 = (WI32){0} + 15;
     int64_t k = 0;
     for (; k + 4 <= nk; k += 4) {
         const uint8_t *r0 = data + idx[k] * ldb + c0 / 2, *r1 = data + idx[k + 1] * ldb + c0 / 2;
@@ -159,15 +187,15 @@ KINLINE void KNAME(q4_body)(const actlab_wmat *w, const int32_t *idx, const floa
         const uint16_t *h2 = w->scales + idx[k + 2] * w->scale_ld + g_first;
         const uint16_t *h3 = w->scales + idx[k + 3] * w->scale_ld + g_first;
         for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, ++gi) {
-            const float sc[4] = {actlab__h2f(h0[gi]), actlab__h2f(h1[gi]), actlab__h2f(h2[gi]), actlab__h2f(h3[gi])};
+            const float sc[4] = {H2F(h0[gi]), H2F(h1[gi]), H2F(h2[gi]), H2F(h3[gi])};
             COEFS(4)
             const uint8_t *b0 = r0 + g0 / 2, *b1 = r1 + g0 / 2, *b2 = r2 + g0 / 2, *b3 = r3 + g0 / 2;
             if (n - g0 >= G) {
                 float off[8];
                 for (int b = 0; b < nb; ++b) off[b] = -8.0f * (cf[0][b] + cf[1][b] + cf[2][b] + cf[3][b]);
                 for (int64_t j = 0; j < half; j += KW) {
-                    const WU8 v0 = *(const WU8 *)(b0 + j), v1 = *(const WU8 *)(b1 + j);
-                    const WU8 v2 = *(const WU8 *)(b2 + j), v3 = *(const WU8 *)(b3 + j);
+                    const WI32 v0 = WIDEN_U8(b0 + j), v1 = WIDEN_U8(b1 + j);
+                    const WI32 v2 = WIDEN_U8(b2 + j), v3 = WIDEN_U8(b3 + j);
                     const WV l0 = __builtin_convertvector(v0 & m15, WV), l1 = __builtin_convertvector(v1 & m15, WV);
                     const WV l2 = __builtin_convertvector(v2 & m15, WV), l3 = __builtin_convertvector(v3 & m15, WV);
                     const WV u0 = __builtin_convertvector(v0 >> 4, WV), u1 = __builtin_convertvector(v1 >> 4, WV);
@@ -193,12 +221,12 @@ KINLINE void KNAME(q4_body)(const actlab_wmat *w, const int32_t *idx, const floa
         const uint8_t *r0 = data + idx[k] * ldb + c0 / 2;
         const uint16_t *h0 = w->scales + idx[k] * w->scale_ld + g_first;
         for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, ++gi) {
-            const float sc[4] = {actlab__h2f(h0[gi]), 0, 0, 0};
+            const float sc[4] = {H2F(h0[gi]), 0, 0, 0};
             COEFS(1)
             const uint8_t *b0 = r0 + g0 / 2;
             if (n - g0 >= G) {
                 for (int64_t j = 0; j < half; j += KW) {
-                    const WU8 v0 = *(const WU8 *)(b0 + j);
+                    const WI32 v0 = WIDEN_U8(b0 + j);
                     const WV l0 = __builtin_convertvector(v0 & m15, WV) - 8.0f;
                     const WV u0 = __builtin_convertvector(v0 >> 4, WV) - 8.0f;
                     for (int b = 0; b < nb; ++b) {
@@ -239,6 +267,10 @@ WENTRY(q4)
 #undef WU8
 #undef WU16
 #undef WU32
+#undef WI32
+#undef WIDEN_I8
+#undef WIDEN_U8
+#undef H2F
 #undef KLOAD
 #undef KSTORE
 #undef KINLINE
