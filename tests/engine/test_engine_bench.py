@@ -241,3 +241,28 @@ def test_the_timed_sparse_variant_decodes_what_the_masking_path_decodes(method, 
         fast = generate(model, prompt, 10).tokens
     assert torch.equal(fast, masked)
     assert not torch.equal(masked, dense)  # the plan changes the output: the comparison can fail
+
+
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_a_quantised_bench_leaves_the_fp32_model_exactly_as_it_was(weights, calib_and_eval):
+    """Removing quantised kernels rebuilds linears from dequantised weights; the bench must put the
+    originals back, or the next round (and the plan's fingerprint check) would see another model."""
+    from actlab.engine.plan_bench import bench_plan, calibrate_at_sparsity
+
+    model, calib, evalw = calib_and_eval
+    plan = calibrate_at_sparsity(model, "teal", 0.5, calib)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    r = bench_plan(model, plan, evalw[:1, :8], new_tokens=3, reps=1, warmup=0, num_threads=1, hf=False,
+                   weights=weights, engine="torch")
+    assert r["weights"] == weights and r["tok_s_dense"] > 0 and r["tok_s_sparse"] > 0
+    assert [m for m in model.modules() if isinstance(m, torch.nn.Linear)] == linears
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    actlab.check_plan(model, plan, kernels=True)  # still the model the plan was calibrated for
+
+
+def test_an_unknown_engine_is_refused_naming_the_choices(calib_and_eval):
+    from actlab.engine.bench import resolve_engine
+
+    with pytest.raises(ValueError, match="torch, native, auto"):
+        resolve_engine(calib_and_eval[0], "jit")

@@ -42,6 +42,7 @@ from actlab.engine.generate import generate
 from actlab.engine.traffic import ceiling_seconds, ceiling_speedup, linear_bytes
 
 __all__ = [  # the traffic functions are re-exported: one import for a bench script
+    "ENGINES",
     "DecodeSpeed",
     "Interleaved",
     "ceiling_seconds",
@@ -53,6 +54,7 @@ __all__ = [  # the traffic functions are re-exported: one import for a bench scr
     "measure_decode",
     "measure_hf_decode",
     "peak_rss_mb",
+    "resolve_engine",
     "rss_mb",
     "threads",
     "within",
@@ -95,13 +97,45 @@ def _check_reps(reps: int, warmup: int) -> None:
         raise ValueError(f"need reps >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
 
 
+#: decode engines ``measure_decode`` drives: the torch layer loop (HF modules, static cache) and the native
+#: one (one C call per token, :mod:`actlab.engine.native`); ``auto`` is native where it supports the model
+ENGINES = ("torch", "native", "auto")
+
+
+def resolve_engine(model: nn.Module, engine: str) -> tuple[str, str | None]:
+    """``(engine that will run, reason native does not)``: ``auto`` becomes native where it can run.
+
+    Raises:
+        ValueError: an unknown engine, or ``native`` asked for a model it does not support (the reason).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        return "torch", None
+    from actlab.engine.native import native_unsupported
+
+    reason = native_unsupported(model)
+    if reason is None:
+        return "native", None
+    if engine == "native":
+        raise ValueError(f"the native engine cannot run this model: {reason}; use --engine torch")
+    return "torch", reason
+
+
 def measure_decode(
-    model: nn.Module, prompt_ids: Tensor, new_tokens: int, reps: int = 5, warmup: int = 1, cache: object = None
+    model: nn.Module,
+    prompt_ids: Tensor,
+    new_tokens: int,
+    reps: int = 5,
+    warmup: int = 1,
+    cache: object = None,
+    engine: str = "torch",
 ) -> DecodeSpeed:
     """Decode speed of :func:`actlab.engine.generate` (greedy, no eos stop), median over ``reps``.
 
     One static cache (``cache``, or a new one from :func:`~actlab.engine.make_cache`) serves every
-    repetition; it is allocated during the first prefill, never in the decode phase.
+    repetition; it is allocated during the first prefill, never in the decode phase. ``engine="native"``
+    times :func:`actlab.engine.native.generate_native` instead (the same timing fields; ``cache`` unused).
 
     Example:
         >>> import actlab, torch
@@ -112,11 +146,21 @@ def measure_decode(
     _check_reps(reps, warmup)
     if new_tokens < 2:
         raise ValueError("new_tokens must be >= 2 (the first new token comes from the prefill)")
-    if cache is None:
-        cache = make_cache(model, prompt_ids.shape[1] + new_tokens)
+    engine, _ = resolve_engine(model, engine)
+    if engine == "native":
+        from actlab.engine.native import generate_native
+
+        def run() -> object:
+            return generate_native(model, prompt_ids, new_tokens)
+    else:
+        if cache is None:
+            cache = make_cache(model, prompt_ids.shape[1] + new_tokens)
+
+        def run() -> object:
+            return generate(model, prompt_ids, new_tokens, cache=cache)
     runs = []
     for i in range(warmup + reps):
-        out = generate(model, prompt_ids, new_tokens, cache=cache)
+        out = run()
         if i >= warmup:
             runs.append((out.decode_tokens_per_s, out.prefill_s, out.decode_cpu_s / out.decode_steps))
     return _speed(runs)

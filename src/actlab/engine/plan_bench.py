@@ -22,6 +22,9 @@ from torch import nn
 from actlab.engine.bench import interleaved, measure_decode, measure_hf_decode, peak_rss_mb, threads, within
 from actlab.engine.traffic import ceiling_from_skipped, linear_bytes
 
+#: actlab weight format -> the llama.cpp (GGUF) format it is measured against
+LLAMACPP_FORMAT = {"fp32": "f32", "bf16": "f16", "int8": "q8_0", "int4": "q4_1"}
+
 
 def calibratable_methods() -> list[str]:
     """Registered methods that calibrate a plan (a handler exists), sorted; ``composed`` is not one: its
@@ -107,15 +110,56 @@ def calibrate_at_sparsity(
 
 
 @contextlib.contextmanager
-def kernels_applied(model: nn.Module, plan: Any) -> Iterator[nn.Module]:
-    """The plan's kernel modules inside the block, the dense model again after."""
+def _original_linears(model: nn.Module) -> Iterator[None]:
+    """Puts the model's own ``nn.Linear`` modules back on exit: removing quantised kernels rebuilds
+    linears from the dequantised weights, and the next variant must run on the original ones."""
+    from actlab.kernels.swap import _set
+
+    linears = {path: m for path, m in model.named_modules() if isinstance(m, nn.Linear)}
+    try:
+        yield
+    finally:
+        for path, original in linears.items():
+            if model.get_submodule(path) is not original:
+                _set(model, path, original)
+
+
+@contextlib.contextmanager
+def kernels_applied(model: nn.Module, plan: Any, weights: str = "fp32") -> Iterator[nn.Module]:
+    """The plan's kernel modules inside the block (weights in ``weights``, lm_head too when it is not
+    fp32, so dense and sparse read the same format), the dense model again after."""
     from actlab.sparsity.apply import apply_, remove_
 
-    apply_(model, plan, kernels=True)
-    try:
+    with _original_linears(model):
+        if weights == "fp32":
+            apply_(model, plan, kernels=True)
+        else:
+            from actlab.kernels.quantize import quantize_linears_
+
+            apply_(model, plan, kernels=True, weights=weights)
+            quantize_linears_(model, weights, lm_head=True)  # lm_head (the plan's kernels cover the decoder)
+        try:
+            yield model
+        finally:
+            remove_(model)
+
+
+@contextlib.contextmanager
+def dense_in(model: nn.Module, weights: str) -> Iterator[nn.Module]:
+    """The dense model with its linears (lm_head included) in ``weights`` on the kernels (no threshold);
+    fp32 is the model as it is (torch's own dense matmuls)."""
+    if weights == "fp32":
         yield model
-    finally:
-        remove_(model)
+        return
+    from actlab.kernels.quantize import quantize_linears_
+    from actlab.kernels.swap import remove_kernels
+
+    with _original_linears(model):
+        quantize_linears_(model, weights, lm_head=True)
+        try:
+            yield model
+        finally:
+            remove_kernels(model)
 
 
 def bench_plan(
@@ -127,26 +171,47 @@ def bench_plan(
     warmup: int = 1,
     num_threads: int | None = None,
     hf: bool = True,
+    weights: str = "fp32",
+    engine: str = "torch",
+    llamacpp: str | None = None,
 ) -> dict[str, Any]:
     """Measure decode tokens/s dense, sparse (kernels) and HF dense, interleaved; medians after warm-up.
+
+    Args:
+        weights: format of the actlab variants' weights (fp32, bf16, int8, int4): dense and sparse both in
+            it (fp32 dense is torch's own matmuls; other formats run dense through the same kernels).
+        engine: torch, native or auto (:data:`actlab.engine.bench.ENGINES`) for the actlab variants.
+        llamacpp: a GGUF file: llama.cpp decodes it as one more interleaved variant (``tok_s_llamacpp``).
 
     Returns the ``actlab bench --json`` object: ``tok_s_dense``, ``tok_s_sparse``, ``tok_s_hf_dense``,
     ``speedup`` (sparse / dense engine), ``speedup_vs_hf``, ``ceiling`` (dense bytes / bytes still read),
     ``ceiling_frac`` (speedup / ceiling), ``sparsity_model_wide``, ``bytes_skipped_frac``,
-    ``peak_rss_mb``, ``threads`` and the per-variant samples.
+    ``peak_rss_mb``, ``threads``, ``weights``, ``engine`` and the per-variant samples; with ``llamacpp``
+    also ``tok_s_llamacpp`` and ``vs_llamacpp`` (sparse / llama.cpp).
     """
+    from actlab.engine.bench import resolve_engine
     from actlab.sparsity.metrics import entry_metrics
 
+    ran, not_native = resolve_engine(model, engine)
     with threads(num_threads) as n_threads:
         variants = {
-            "dense": lambda: measure_decode(model, prompt_ids, new_tokens, reps=1, warmup=0).tokens_per_s,
+            "dense": within(
+                lambda: dense_in(model, weights),
+                lambda: measure_decode(model, prompt_ids, new_tokens, reps=1, warmup=0, engine=ran).tokens_per_s,
+            ),
             "sparse": within(
-                lambda: kernels_applied(model, plan),
-                lambda: measure_decode(model, prompt_ids, new_tokens, reps=1, warmup=1).tokens_per_s,
+                lambda: kernels_applied(model, plan, weights),
+                lambda: measure_decode(model, prompt_ids, new_tokens, reps=1, warmup=1, engine=ran).tokens_per_s,
             ),
         }
         if hf:
             variants["hf_dense"] = lambda: measure_hf_decode(model, prompt_ids, new_tokens, reps=1, warmup=0).tokens_per_s
+        if llamacpp is not None:
+            from actlab.engine.llamacpp import llamacpp_decode
+
+            variants["llamacpp"] = lambda: llamacpp_decode(
+                llamacpp, prompt_ids, new_tokens=new_tokens, threads=n_threads, reps=1, warmup=0
+            ).tokens_per_s
         result = interleaved(variants, reps=reps, warmup=warmup)
     med = result.medians
     # the plan's own definition (plan.metrics, eval, optimize): one bytes_skipped_frac per plan
@@ -168,9 +233,15 @@ def bench_plan(
         "dense_weight_mb": dense_bytes / 2**20,
         "peak_rss_mb": peak_rss_mb(),
         "threads": n_threads,
+        "weights": weights,
+        "engine": ran,
+        "native_unsupported": not_native,
         "new_tokens": new_tokens,
         "prompt_tokens": int(prompt_ids.shape[1]),
         "reps": reps,
         "samples": result.samples,
     }
+    if llamacpp is not None:
+        out.update(tok_s_llamacpp=med["llamacpp"], vs_llamacpp=med["sparse"] / med["llamacpp"],
+                   dense_vs_llamacpp=med["dense"] / med["llamacpp"], llamacpp_gguf=str(llamacpp))
     return out

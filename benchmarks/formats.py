@@ -1,0 +1,99 @@
+"""Quality of each weight format: perplexity dense and with a plan, for fp32, bf16, int8 and int4.
+
+Each format is measured on the torch path with its weights replaced by what the kernels compute with
+(``fake_quantize_``: pack then dequantize, lm_head included), so a row is the perplexity the sparse
+kernels in that format give, up to summation order. The plan is calibrated once, on the fp32 model, and
+applied unchanged to every format (what a user does: one plan, several weight formats). Strict protocol:
+every token sparsified and scored, on the evaluation split, disjoint from the calibration text.
+
+With ``--llamacpp`` (llama-cpp-python installed) llama.cpp's own perplexity of the GGUF files of the
+matching formats is measured on the same windows (``actlab.engine.llamacpp``).
+
+Usage:
+    python benchmarks/formats.py --threads 2 --json benchmarks/formats.json [--llamacpp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+
+import torch
+
+import actlab
+from actlab.data.windows import make_windows
+from actlab.engine.plan_bench import LLAMACPP_FORMAT
+from actlab.envinfo import machine_line
+from actlab.plan_eval import evaluate_plan
+from actlab.sparsity.config import config_from_dict
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--formats", default="fp32,bf16,int8,int4")
+    ap.add_argument("--method", default="teal")
+    ap.add_argument("--allocation", default="uniform")
+    ap.add_argument("--sparsity", type=float, default=0.5)
+    ap.add_argument("--calib-tokens", type=int, default=16384)
+    ap.add_argument("--eval-tokens", type=int, default=32768)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llamacpp", action="store_true", help="also llama.cpp's perplexity of the matching GGUF files")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args(argv)
+    from actlab.kernels.quantize import fake_quantize_
+
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    model, tok = actlab.load_model(args.model)
+    corpus = actlab.load_corpus("default")
+    calib = make_windows(corpus, tok, args.seq_len, args.calib_tokens, split="calib")
+    windows = make_windows(corpus, tok, args.seq_len, args.eval_tokens, split="eval")
+    extra = {"allocation": args.allocation} if args.method in ("teal", "wina") else {}
+    plan = actlab.calibrate(model, config_from_dict({"method": args.method, "sparsity": args.sparsity, **extra}), calib)
+    original = copy.deepcopy(model.state_dict())
+    rows = []
+    for fmt in args.formats.split(","):
+        model.load_state_dict(original)
+        if fmt != "fp32":
+            fake_quantize_(model, fmt, lm_head=True)
+        r = evaluate_plan(model, plan, windows, protocol="strict")
+        rows.append({"format": fmt, "ppl_dense": r.ppl_dense, "ppl_plan": r.ppl_sparse})
+        print(f"{fmt}: dense {r.ppl_dense:.3f} plan {r.ppl_sparse:.3f}", file=sys.stderr, flush=True)
+    if args.llamacpp:
+        from actlab.engine.llamacpp import gguf_for, llamacpp_perplexity
+
+        for row in rows:
+            gguf_fmt = LLAMACPP_FORMAT[row["format"]]
+            row["llamacpp_format"] = gguf_fmt
+            row["ppl_llamacpp"] = llamacpp_perplexity(gguf_for(args.model, gguf_fmt), windows)
+            print(f"llama.cpp {gguf_fmt}: {row['ppl_llamacpp']:.3f}", file=sys.stderr, flush=True)
+    base = rows[0]["ppl_dense"] if rows and rows[0]["format"] == "fp32" else None
+    print(f"machine: {machine_line()}")
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"{args.model}, plan {args.method} {args.allocation} {args.sparsity:.0%} calibrated on fp32 "
+          f"({args.calib_tokens} calib tokens), strict perplexity on {windows.numel()} eval tokens "
+          f"(seq {args.seq_len}), {time.time() - t0:.0f} s\n")
+    head = "| weights | PPL dense | vs fp32 | PPL with plan | plan vs its dense |"
+    if args.llamacpp:
+        head += " llama.cpp format | llama.cpp PPL |"
+    print(head)
+    print("|---|" + "---:|" * (head.count("|") - 2))
+    for row in rows:
+        vs = f"{row['ppl_dense'] / base - 1:+.2%}" if base else "-"
+        line = (f"| {row['format']} | {row['ppl_dense']:.3f} | {vs} | {row['ppl_plan']:.3f} | "
+                f"{row['ppl_plan'] / row['ppl_dense'] - 1:+.2%} |")
+        if args.llamacpp:
+            line += f" {row['llamacpp_format']} | {row['ppl_llamacpp']:.3f} |"
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "machine": machine_line(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
