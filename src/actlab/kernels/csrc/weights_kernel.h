@@ -179,6 +179,35 @@ KINLINE void KNAME(q4_body)(const actlab_wmat *w, const int32_t *idx, const floa
     const int64_t ldb = w->ld / 2, G = w->group, half = G / 2, g_first = c0 / G;
     const WI32 m15 = (WI32){0} + 15;
     int64_t k = 0;
+    /* Eight rows per pass over a full group: half the accumulator loads/stores and loop overhead per
+     * weight of four (int4 groups are short, so the per-group work dominates otherwise). */
+    for (; k + 8 <= nk && nb == 1 && n % G == 0; k += 8) { /* one token, whole groups only */
+        const uint8_t *r[8];
+        const uint16_t *h[8];
+        for (int i = 0; i < 8; ++i) {
+            r[i] = data + idx[k + i] * ldb + c0 / 2;
+            h[i] = w->scales + idx[k + i] * w->scale_ld + g_first;
+        }
+        for (int64_t g0 = 0, gi = 0; g0 < n; g0 += G, ++gi) {
+            float cf8[8], off = 0.0f;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) {
+                cf8[i] = xv[(k + i) * xs] * H2F(h[i][gi]);
+                off -= 8.0f * cf8[i];
+            }
+            for (int64_t j = 0; j < half; j += KW) {
+                WV lo = KLOAD(acc + g0 + j) + off, hi = KLOAD(acc + g0 + half + j) + off;
+#pragma GCC unroll 8
+                for (int i = 0; i < 8; ++i) {
+                    const WI32 v = WIDEN_U8(r[i] + g0 / 2 + j);
+                    lo += cf8[i] * __builtin_convertvector(v & m15, WV);
+                    hi += cf8[i] * __builtin_convertvector(v >> 4, WV);
+                }
+                KSTORE(acc + g0 + j, lo);
+                KSTORE(acc + g0 + half + j, hi);
+            }
+        }
+    }
     for (; k + 4 <= nk; k += 4) {
         const uint8_t *r0 = data + idx[k] * ldb + c0 / 2, *r1 = data + idx[k + 1] * ldb + c0 / 2;
         const uint8_t *r2 = data + idx[k + 2] * ldb + c0 / 2, *r3 = data + idx[k + 3] * ldb + c0 / 2;
