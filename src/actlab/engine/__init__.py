@@ -8,5 +8,6 @@ from __future__ import annotations
 
 from actlab.engine.cache import make_cache
 from actlab.engine.generate import GenerateOutput, generate
+from actlab.engine.native import NativeDecoder, generate_native, native_unsupported
 
-__all__ = ["GenerateOutput", "generate", "make_cache"]
+__all__ = ["GenerateOutput", "NativeDecoder", "generate", "generate_native", "make_cache", "native_unsupported"]
