@@ -164,6 +164,7 @@ def _overhead_fit(args: argparse.Namespace) -> dict:
         models[layers] = model = transformers.LlamaForCausalLM(cfg).eval()
         measures[("engine", layers)] = lambda m=model: bench.measure_decode(m, ids, n, 1, 0)
         measures[("hf", layers)] = lambda m=model: bench.measure_hf_decode(m, ids, n, 1, 0)
+        measures[("native", layers)] = lambda m=model: _native_speed(m, ids, n)
     speeds: dict[tuple, list] = {key: [] for key in measures}
 
     def variant(key):
@@ -176,13 +177,15 @@ def _overhead_fit(args: argparse.Namespace) -> dict:
     with bench.threads(1):
         bench.interleaved({f"{k}/{n}": variant((k, n)) for k, n in measures}, reps=max(args.reps, 7), warmup=1)
         counts = {
+            ("native", layers): (0.0, 0.0) for layers in models  # the decode loop is one C call: no Python
+        } | {
             ("engine", layers): _per_step(lambda k, m=m: generate(m, ids, k), n) for layers, m in models.items()
         } | {
             ("hf", layers): _per_step(lambda k, m=m: bench.measure_hf_decode(m, ids, k, 1, 0), n)
             for layers, m in models.items()
         }
     fit: dict = {}
-    for kind in ("engine", "hf"):
+    for kind in ("engine", "hf", "native"):
         per_metric = {
             "cpu": {layers: min(s.cpu_step_s for s in speeds[(kind, layers)][1:]) for layers in (2, 8)},
             "calls": {layers: counts[(kind, layers)][0] for layers in (2, 8)},
@@ -192,6 +195,20 @@ def _overhead_fit(args: argparse.Namespace) -> dict:
             per_layer = (step[8] - step[2]) / 6
             fit.setdefault(kind, {})[metric] = {"fixed": step[2] - 2 * per_layer, "per_layer": per_layer, "step": step}
     return fit
+
+
+class _NativeSpeed:
+    """The fields of bench.measure_decode's result the fit reads, for the native engine."""
+
+    def __init__(self, out) -> None:
+        self.tokens_per_s = out.decode_tokens_per_s
+        self.cpu_step_s = out.decode_cpu_s / max(out.decode_steps, 1)
+
+
+def _native_speed(model, ids, n: int) -> _NativeSpeed:
+    from actlab.engine.native import generate_native
+
+    return _NativeSpeed(generate_native(model, ids, n))
 
 
 def _worker(flag: list[str], args: argparse.Namespace) -> dict:
@@ -245,6 +262,7 @@ def _table(rows: list[dict], fit: dict, args: argparse.Namespace, command: str, 
             f"| {e['ops_per_token']:.0f} / {h['ops_per_token']:.0f} | {r['peak_rss_mb']:.0f} |"
         )
     fe, fh = fit["engine"], fit["hf"]
+    fn = fit.get("native")
 
     def line(f: dict, metric: str, scale: float = 1.0, fmt: str = ".0f") -> str:
         return f"{f[metric]['fixed'] * scale:{fmt}} + {f[metric]['per_layer'] * scale:{fmt}}/layer"
@@ -255,7 +273,9 @@ def _table(rows: list[dict], fit: dict, args: argparse.Namespace, command: str, 
         "fitted as fixed + per layer): CPU ms/step engine "
         f"{line(fe, 'cpu', 1e3, '.2f')}, HF generate {line(fh, 'cpu', 1e3, '.2f')} (lowest of the rounds); "
         f"aten ops/step engine {line(fe, 'ops')}, HF {line(fh, 'ops')}; Python calls/step engine "
-        f"{line(fe, 'calls')}, HF {line(fh, 'calls')}. Overhead share = that CPU estimate / the engine's step time "
+        f"{line(fe, 'calls')}, HF {line(fh, 'calls')}. "
+        + (f"Native engine (one C call per token): CPU ms/step {line(fn, 'cpu', 1e3, '.3f')}. " if fn else "")
+        + "Overhead share = that CPU estimate / the engine's step time "
         "(wall, or CPU where lower).",
         f"Machine: {machine}",
         f"Command: `{command}`",
