@@ -109,3 +109,15 @@ def test_smollm2_32_tokens_equal_hf():
     model, tok = actlab.load_model("smollm2-135m")
     ids = tok("The capital of France is", return_tensors="pt").input_ids
     assert torch.equal(_native(model, ids, 32), _hf(model, ids, 32))
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "int8", "int4"])
+def test_quantized_plan_equals_torch_engine(fmt):
+    # the same SparseLinear.packed weights through actlab_sparse_linear_w: same tokens as the torch engine
+    model, _ = actlab.load_model("random:tiny-llama")
+    calib = torch.randint(3, 259, (8, 32), generator=torch.Generator().manual_seed(0))
+    plan = calibrate(model, actlab.TealConfig(0.5), calib)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        actlab.apply_(model, plan, kernels=True, weights=fmt)
+    assert torch.equal(generate_native(model, IDS, 16).tokens, generate(model, IDS, 16).tokens)
