@@ -27,7 +27,7 @@ import actlab
 from actlab.data.windows import make_windows
 from actlab.engine.plan_bench import LLAMACPP_FORMAT
 from actlab.envinfo import machine_line
-from actlab.plan_eval import evaluate_plan
+from actlab.eval.perplexity import perplexity
 from actlab.sparsity.config import config_from_dict
 
 
@@ -58,12 +58,19 @@ def main(argv: list[str] | None = None) -> None:
     original = copy.deepcopy(model.state_dict())
     rows = []
     for fmt in args.formats.split(","):
+        # the plan is applied to the fp32 weights it was calibrated on (its fingerprint), then rounded
         model.load_state_dict(original)
         if fmt != "fp32":
             fake_quantize_(model, fmt, lm_head=True)
-        r = evaluate_plan(model, plan, windows, protocol="strict")
-        rows.append({"format": fmt, "ppl_dense": r.ppl_dense, "ppl_plan": r.ppl_sparse})
-        print(f"{fmt}: dense {r.ppl_dense:.3f} plan {r.ppl_sparse:.3f}", file=sys.stderr, flush=True)
+        dense = perplexity(model, windows).ppl
+        model.load_state_dict(original)
+        actlab.apply_(model, plan)
+        if fmt != "fp32":
+            fake_quantize_(model, fmt, lm_head=True)
+        sparse = perplexity(model, windows).ppl
+        actlab.remove_(model)
+        rows.append({"format": fmt, "ppl_dense": dense, "ppl_plan": sparse})
+        print(f"{fmt}: dense {dense:.3f} plan {sparse:.3f}", file=sys.stderr, flush=True)
     if args.llamacpp:
         from actlab.engine.llamacpp import gguf_for, llamacpp_perplexity
 

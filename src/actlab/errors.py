@@ -18,6 +18,7 @@ _USER_ERRORS: list[tuple[str, str]] = [
     ("actlab.outputs", "OutputError"),
     ("actlab.sparsity.errors", "PlanError"),
     ("actlab.train.errors", "TrainError"),
+    ("actlab.engine.llamacpp", "LlamaCppError"),
 ]
 
 

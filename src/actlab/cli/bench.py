@@ -24,9 +24,13 @@ def bench(
     reps: int = typer.Option(5, "--reps", help="Timed rounds (dense, sparse, HF interleaved); medians reported."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed rounds first."),
     no_hf: bool = typer.Option(False, "--no-hf", help="Skip the HF transformers generate baseline."),
+    weights: str = typer.Option("fp32", "--weights", "-w", help="Weight format of the actlab runs, dense and sparse alike: fp32, bf16, int8 or int4 (quantised from fp32 when applied)."),
+    engine: str = typer.Option("auto", "--engine", "-e", help="Decode loop: native (one C call per token), torch (the HF modules), or auto: native where the model allows it."),
+    against: str = typer.Option(None, "--against", help="Also time another engine on the same prompt: llamacpp (needs the llamacpp extra) at the matching format: fp32 F32, bf16 F16, int8 Q8_0, int4 Q4_1."),
+    gguf: Path = typer.Option(None, "--gguf", help="With --against llamacpp: this GGUF file instead of the one made for the model and format."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Measure decode speed: actlab engine dense vs sparse kernels vs HF generate dense.
+    """Measure decode speed: actlab engine dense vs sparse kernels vs HF generate dense (and llama.cpp).
 
     The three variants run interleaved on one model object (the plan's kernel modules are swapped
     in for the sparse runs and out again), each reporting its median tokens/s after warm-up. Also
@@ -36,6 +40,8 @@ def bench(
     Example:
 
         actlab bench --model smollm2-135m --method teal --sparsity 0.5 --threads 2 --json
+
+        actlab bench -m smollm2-135m --method teal -s 0.5 --weights int8 --against llamacpp
     """
     if (plan is None) == (method is None):
         fail("give exactly one of --plan DIR or --method NAME --sparsity S")
@@ -50,6 +56,17 @@ def bench(
     checks.fraction("--sparsity", sparsity)
     checks.plan_dir(plan)
     checks.corpus(data)
+    from actlab.engine.bench import ENGINES
+    from actlab.kernels.quant import WEIGHT_FORMATS
+
+    checks.one_of("--weights", weights, WEIGHT_FORMATS)
+    checks.one_of("--engine", engine, ENGINES)
+    if against is not None:
+        checks.one_of("--against", against, ("llamacpp",))
+    if gguf is not None and against is None:
+        fail("--gguf needs --against llamacpp")
+    if gguf is not None and not gguf.is_file():
+        fail(f"--gguf {gguf}: no such file; give a .gguf file or leave --gguf out")
     with cli_errors():
         import actlab
         from actlab.data.windows import make_windows
@@ -66,6 +83,12 @@ def bench(
         if the_plan is not None and any(e.rotation is not None for e in the_plan.entries):
             fail(f"{plan} is a rotated plan (--rotate): it runs on the masking path only, which bench does not "
                  "time; calibrate without --rotate to benchmark the kernels")
+        if against == "llamacpp":
+            from actlab.engine.llamacpp import llamacpp_available
+
+            missing = llamacpp_available()
+            if missing is not None:
+                fail(f"--against llamacpp: {missing}")
         net, tok = actlab.load_model(model)
         if the_plan is not None:
             actlab.check_plan(net, the_plan, kernels=True)
@@ -81,9 +104,20 @@ def bench(
         prompt = make_windows(corpus, tok, prompt_tokens, prompt_tokens, split="eval")[:1]
         if not ops.available():
             console.print("[yellow]warning:[/] compiled kernels unavailable: the sparse runs use the PyTorch reference")
-        console.print(f"benchmarking {model}: {reps} rounds x {new_tokens} tokens, {threads} threads", highlight=False)
+        gguf_file = None
+        if against == "llamacpp":
+            from actlab.engine.llamacpp import gguf_for
+            from actlab.engine.plan_bench import LLAMACPP_FORMAT
+
+            gguf_file = gguf if gguf is not None else gguf_for(model, LLAMACPP_FORMAT[weights])
+        console.print(f"benchmarking {model}: {reps} rounds x {new_tokens} tokens, {threads} threads, "
+                      f"{weights} weights", highlight=False)
         result = bench_plan(net, the_plan, prompt, new_tokens=new_tokens, reps=reps, warmup=warmup,
-                            num_threads=threads, hf=not no_hf)
+                            num_threads=threads, hf=not no_hf, weights=weights, engine=engine,
+                            llamacpp=None if gguf_file is None else str(gguf_file))
+        if result["native_unsupported"]:
+            console.print(f"note: torch engine: the native one cannot run this model ({result['native_unsupported']})",
+                          highlight=False)
     result.update(model=model, method=the_plan.method, kernels=ops.isa() if ops.available() else "reference")
     if json_out:
         print_json(result)
@@ -95,3 +129,9 @@ def bench(
         f"ceiling {result['ceiling']:.2f}x, reached {result['ceiling_frac']:.0%} · peak RSS {result['peak_rss_mb']:.0f} MB",
         highlight=False,
     )
+    if result.get("tok_s_llamacpp"):
+        console.print(
+            f"llama.cpp {result['tok_s_llamacpp']:.1f} tok/s ({Path(result['llamacpp_gguf']).name}) · "
+            f"sparse {result['vs_llamacpp']:.2f}x llama.cpp · dense {result['dense_vs_llamacpp']:.2f}x",
+            highlight=False,
+        )
