@@ -111,8 +111,9 @@ def calibrate_at_sparsity(
 
 @contextlib.contextmanager
 def _original_linears(model: nn.Module) -> Iterator[None]:
-    """Puts the model's own ``nn.Linear`` modules back on exit: removing quantised kernels rebuilds
-    linears from the dequantised weights, and the next variant must run on the original ones."""
+    """Puts the model's own ``nn.Linear`` modules back when the block ends, before the kernels' own
+    removal runs: that rebuilds linears from the dequantised weights (slow on a 1B model, and not the
+    original weights), and the next variant must run on the original ones."""
     from actlab.kernels.swap import _set
 
     linears = {path: m for path, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -120,7 +121,11 @@ def _original_linears(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         for path, original in linears.items():
-            if model.get_submodule(path) is not original:
+            try:
+                current = model.get_submodule(path)
+            except AttributeError:  # inside a fused kernel module (a gated MLP): its removal restores it
+                continue
+            if current is not original:
                 _set(model, path, original)
 
 
@@ -130,36 +135,78 @@ def kernels_applied(model: nn.Module, plan: Any, weights: str = "fp32") -> Itera
     fp32, so dense and sparse read the same format), the dense model again after."""
     from actlab.sparsity.apply import apply_, remove_
 
-    with _original_linears(model):
-        if weights == "fp32":
-            apply_(model, plan, kernels=True)
-        else:
-            from actlab.kernels.quantize import quantize_linears_
+    try:
+        with _original_linears(model):
+            if weights == "fp32":
+                apply_(model, plan, kernels=True)
+            else:
+                from actlab.kernels.quantize import quantize_linears_
 
-            apply_(model, plan, kernels=True, weights=weights)
-            quantize_linears_(model, weights, lm_head=True)  # lm_head (the plan's kernels cover the decoder)
+                apply_(model, plan, kernels=True, weights=weights)
+                quantize_linears_(model, weights, lm_head=True)  # lm_head (the plan covers the decoder)
+            yield model
+    finally:
+        remove_(model)  # what the originals did not replace (a gated MLP kernel), and the plan's records
+
+
+def _built_once(model: nn.Module, install: Any) -> Any:
+    """A context factory that swaps in the modules ``install(model)`` puts in place, built once: the
+    model's own modules are back after ``install`` and after every use. Quantising a 1B model's weights
+    takes about a minute in Python; a bench round must not pay it (it is not timed, but it adds up)."""
+    from actlab.kernels.swap import _set
+
+    before = dict(model.named_modules())
+    with _original_linears(model):
+        install(model)
+        built = {path: m for path, m in model.named_modules() if path in before and before[path] is not m}
+    # the outermost replaced paths only (a replaced module brings its own children)
+    built = {p: m for p, m in built.items() if not any(p.startswith(q + ".") for q in built)}
+
+    @contextlib.contextmanager
+    def swapped() -> Iterator[nn.Module]:
+        for path, m in built.items():
+            _set(model, path, m)
         try:
             yield model
         finally:
-            remove_(model)
+            for path in built:
+                _set(model, path, before[path])
+
+    return swapped
 
 
-@contextlib.contextmanager
-def dense_in(model: nn.Module, weights: str) -> Iterator[nn.Module]:
-    """The dense model with its linears (lm_head included) in ``weights`` on the kernels (no threshold);
-    fp32 is the model as it is (torch's own dense matmuls)."""
+def dense_in(model: nn.Module, weights: str) -> Any:
+    """A context factory: the dense model with its linears (lm_head included) in ``weights`` on the
+    kernels (no threshold), built once; fp32 is the model as it is (torch's own dense matmuls)."""
     if weights == "fp32":
-        yield model
-        return
+        return contextlib.nullcontext
     from actlab.kernels.quantize import quantize_linears_
-    from actlab.kernels.swap import remove_kernels
 
-    with _original_linears(model):
-        quantize_linears_(model, weights, lm_head=True)
-        try:
-            yield model
-        finally:
-            remove_kernels(model)
+    return _built_once(model, lambda m: quantize_linears_(m, weights, lm_head=True))
+
+
+def sparse_in(model: nn.Module, plan: Any, weights: str) -> Any:
+    """A context factory: the plan on the kernels in ``weights``. fp32 applies and removes the plan each
+    time (bit-identical, cheap); other formats are quantised once and swapped in, which needs every entry
+    of the plan on the kernels (masking hooks would not come back with the modules)."""
+    if weights == "fp32":
+        return lambda: kernels_applied(model, plan, weights)
+    from actlab.kernels.quantize import quantize_linears_
+    from actlab.kernels.swap import _kernel
+    from actlab.sparsity.apply import apply_, remove_
+
+    masked = sorted({e.kind for e in plan.entries if _kernel(e) is None})
+    if masked:
+        raise ValueError(f"--weights {weights} needs a plan whose entries all run on the kernels; this one has "
+                         f"{', '.join(masked)} entries, which run on the masking path: use --weights fp32")
+
+    def install(m: nn.Module) -> None:
+        apply_(m, plan, kernels=True, weights=weights)
+        quantize_linears_(m, weights, lm_head=True)  # lm_head (the plan covers the decoder)
+
+    swapped = _built_once(model, install)
+    remove_(model)  # the plan's records (its modules are already back to the originals)
+    return swapped
 
 
 def bench_plan(
@@ -196,11 +243,11 @@ def bench_plan(
     with threads(num_threads) as n_threads:
         variants = {
             "dense": within(
-                lambda: dense_in(model, weights),
+                dense_in(model, weights),
                 lambda: measure_decode(model, prompt_ids, new_tokens, reps=1, warmup=0, engine=ran).tokens_per_s,
             ),
             "sparse": within(
-                lambda: kernels_applied(model, plan, weights),
+                sparse_in(model, plan, weights),
                 lambda: measure_decode(model, prompt_ids, new_tokens, reps=1, warmup=1, engine=ran).tokens_per_s,
             ),
         }
