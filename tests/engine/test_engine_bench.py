@@ -266,3 +266,14 @@ def test_an_unknown_engine_is_refused_naming_the_choices(calib_and_eval):
 
     with pytest.raises(ValueError, match="torch, native, auto"):
         resolve_engine(calib_and_eval[0], "jit")
+
+
+def test_a_quantised_bench_refuses_a_plan_with_masking_path_entries(calib_and_eval):
+    from actlab.engine.plan_bench import bench_plan, calibrate_at_sparsity
+    from actlab.sparsity.errors import PlanError
+
+    model, calib, evalw = calib_and_eval
+    plan = calibrate_at_sparsity(model, "topk", 0.5, calib)  # per-token top-k: no kernel takes it
+    with pytest.raises(PlanError, match="--weights fp32"):
+        bench_plan(model, plan, evalw[:1, :8], new_tokens=3, reps=1, warmup=0, num_threads=1, hf=False,
+                   weights="int8", engine="torch")

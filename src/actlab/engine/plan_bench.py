@@ -194,10 +194,11 @@ def sparse_in(model: nn.Module, plan: Any, weights: str) -> Any:
     from actlab.kernels.quantize import quantize_linears_
     from actlab.kernels.swap import _kernel
     from actlab.sparsity.apply import apply_, remove_
+    from actlab.sparsity.errors import PlanError
 
     masked = sorted({e.kind for e in plan.entries if _kernel(e) is None})
     if masked:
-        raise ValueError(f"--weights {weights} needs a plan whose entries all run on the kernels; this one has "
+        raise PlanError(f"--weights {weights} needs a plan whose entries all run on the kernels; this one has "
                          f"{', '.join(masked)} entries, which run on the masking path: use --weights fp32")
 
     def install(m: nn.Module) -> None:
