@@ -202,7 +202,7 @@ int actlab__resolve_threads(int num_threads, int64_t bytes) {
  * (measured: 16 tokens on 4096x11008 took 6x longer than with padding). A private buffer padded by one
  * cache line per row breaks the aliasing.
  */
-static int64_t padded_ld(int64_t n) {
+int64_t actlab__padded_ld(int64_t n) {
     int64_t ld = ((n + 15) & ~(int64_t)15) + 16;
     if ((ld * (int64_t)sizeof(float)) % 4096 == 0) ld += 16;
     return ld;
@@ -214,7 +214,7 @@ static int cols_block(const kernel_table *kt, actlab_mat wt, const int32_t *idx,
                       int64_t nk, int B, const float *bias, float *y, int64_t y_ld, int64_t c0, int64_t c1,
                       const actlab_act *act) {
     const int64_t n = c1 - c0;
-    const int64_t ld = B == 1 ? y_ld : padded_ld(n);
+    const int64_t ld = B == 1 ? y_ld : actlab__padded_ld(n);
     float *acc = B == 1 ? y + c0 : malloc((size_t)(B * ld) * sizeof(float));
     if (acc == NULL) return 0;
     for (int b = 0; b < B; ++b) {

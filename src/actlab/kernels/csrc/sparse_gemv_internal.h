@@ -52,4 +52,7 @@ ACTLAB_INTERNAL int actlab__run_cols(const kernel_table *kt, actlab_mat wt, cons
 
 ACTLAB_INTERNAL int actlab__valid_mat(actlab_mat m);
 
+/* Row stride of a private B-token accumulator for n columns, off the 4 KiB stride that aliases L1 sets. */
+ACTLAB_INTERNAL int64_t actlab__padded_ld(int64_t n);
+
 #endif /* ACTLAB_SPARSE_GEMV_INTERNAL_H */

@@ -118,17 +118,10 @@ int actlab_valid_wmat(const actlab_wmat *w) {
     return 0;
 }
 
-/* Same padding rule as sparse_gemv.c: private accumulators off the 4 KiB aliasing stride. */
-static int64_t padded_ld(int64_t n) {
-    int64_t ld = ((n + 15) & ~(int64_t)15) + 16;
-    if ((ld * (int64_t)sizeof(float)) % 4096 == 0) ld += 16;
-    return ld;
-}
-
 static int wblock(wcols_fn fn, const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t nk, int B,
                   const float *bias, float *y, int64_t y_ld, int64_t c0, int64_t c1) {
     const int64_t n = c1 - c0;
-    const int64_t ld = B == 1 ? y_ld : padded_ld(n);
+    const int64_t ld = B == 1 ? y_ld : actlab__padded_ld(n);
     float *acc = B == 1 ? y + c0 : malloc((size_t)(B * ld) * sizeof(float));
     if (acc == NULL) return 0;
     for (int b = 0; b < B; ++b) {
