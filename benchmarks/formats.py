@@ -1,8 +1,8 @@
 """Quality of each weight format: perplexity dense and with a plan, for fp32, bf16, int8 and int4.
 
 Each format is measured on the torch path with its weights replaced by what the kernels compute with
-(``fake_quantize_``: pack then dequantize, lm_head included), so a row is the perplexity the sparse
-kernels in that format give, up to summation order. The plan is calibrated once, on the fp32 model, and
+(``fake_quantize_``: pack then dequantize, lm_head included, in int8 for int4 as ``quantize_linears_``
+keeps it), so a row is the perplexity the sparse kernels in that format give, up to summation order. The plan is calibrated once, on the fp32 model, and
 applied unchanged to every format (what a user does: one plan, several weight formats). Strict protocol:
 every token sparsified and scored, on the evaluation split, disjoint from the calibration text.
 

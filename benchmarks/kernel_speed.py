@@ -164,7 +164,9 @@ def bench_formats(shape: str, sparsities: list[float], fmt: str, args: argparse.
     for s in sparsities:
         xs = [torch.randn(args.batch, n_in) for _ in range(POOL)]
         ts = [_threshold_masking(x, s / 100) for x in xs]
-        kept = statistics.mean((x.abs() > t).any(0).float().mean().item() for x, t in zip(xs, ts, strict=True))
+        masks = [(x.abs() > t).any(0) for x, t in zip(xs, ts, strict=True)]
+        kept = statistics.mean(m.float().mean().item() for m in masks)
+        read = statistics.mean(first.read_bytes(m) for m in masks)  # kept rows, their blocks' scales
         dense_s, sparse_s = _interleaved(
             [
                 lambda r, xs=xs: sparse_linear_packed(xs[r % POOL], ps[r % n]),
@@ -173,7 +175,6 @@ def bench_formats(shape: str, sparsities: list[float], fmt: str, args: argparse.
             args.reps,
             args.warmup,
         )
-        read = kept * n_in * first.row_bytes  # bytes a sparse call reads: its kept rows and their scales
         rows.append(
             {
                 "shape": shape, "format": fmt, "batch": args.batch, "sparsity": s, "kept": kept,

@@ -1,7 +1,7 @@
 """The bf16/int8/int4 sparse-input kernels against dequantize() + the reference, per ISA path.
 
 Tolerance: the kernel computes the same products as ``mask(x) @ dequantize()`` but in another order
-(``(x_i * s_g) * q`` instead of ``x_i * (s_g * q)``, summed over kept rows four at a time), so the two
+(``s_c * sum_i x_i q_ic`` over the kept rows of a block of scales, instead of ``sum_i x_i (s_c q_ic)``), so the two
 differ by float32 rounding only: rtol 1e-4 and an absolute 1e-5 of the output scale ``sum |x_i w_ij|``
 (kernel_helpers.assert_matches), the bound the fp32 kernel tests use.
 """
@@ -103,7 +103,7 @@ def test_bad_packed_weights_refused() -> None:
     wt, x, _ = _case(64, 96, 1, 0.0, seed=2)
     p = pack(wt, "int8")
     bad = [
-        (p, {"group": 24}),
+        (p, {"group": 24}),  # 3 blocks of scales for 64 rows, but the scales hold 1
         (p, {"group": 0}),
         (p, {"ld": 64}),  # ld < cols
         (p, {"scales": None}),
@@ -135,11 +135,13 @@ def test_c_struct_check_refuses_what_it_cannot_read() -> None:
     p = pack(torch.randn(64, 96), "int4")
     args = list(p.c_args())
     assert ext.valid_wmat(*args)
-    # (field index, bad value): group 16 for int4, group not dividing ld, scale_ld short, NULL scales,
-    # ld < cols, unknown format, NULL data
-    for i, v in [(7, 16), (7, 64), (6, 2), (5, 0), (4, 64), (0, 9), (1, 0)]:
+    # (field index, bad value): group 0 or negative, scale_ld short of scales + minima, NULL scales,
+    # ld < cols, ld not a multiple of 32 (nibble chunks), unknown format, NULL data
+    for i, v in [(7, 0), (7, -32), (6, 191), (5, 0), (4, 64), (4, 112), (0, 9), (1, 0)]:
         bad = list(args)
         bad[i] = v
         assert not ext.valid_wmat(*bad), (i, v)
     q8 = list(pack(torch.randn(8, 48), "int8", group=16).c_args())
     assert ext.valid_wmat(*q8) and q8[0] == FORMAT_CODES["int8"]
+    q8[6] = 47  # int8 needs one scale per column of ld
+    assert not ext.valid_wmat(*q8)

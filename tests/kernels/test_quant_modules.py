@@ -108,6 +108,7 @@ def test_quantize_linears_dense_matches_fake_quant(fmt: str) -> None:
     fake = fake_quantize_(copy.deepcopy(model), fmt, lm_head=True)
     quantize_linears_(model, fmt, lm_head=True)
     assert isinstance(model.lm_head, SparseLinear) and model.lm_head.threshold is None
+    assert model.lm_head.weights == ("int8" if fmt == "int4" else fmt)  # int4 keeps an int8 lm_head
     ids = torch.randint(3, 259, (1, 6))
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids[:, :1]).logits, fake(input_ids=ids[:, :1]).logits,
@@ -116,6 +117,18 @@ def test_quantize_linears_dense_matches_fake_quant(fmt: str) -> None:
     remove_kernels(model)
     assert isinstance(model.lm_head, nn.Linear)
     torch.testing.assert_close(model.lm_head.weight, fake.lm_head.weight)
+
+
+def test_lm_head_format_can_be_chosen() -> None:
+    model, _ = actlab.load_model("random:tiny-llama")
+    quantize_linears_(model, "int4", lm_head=True, head_weights="int4")
+    assert model.lm_head.weights == "int4" and model.model.layers[0].mlp.down_proj.weights == "int4"
+    fake, _ = actlab.load_model("random:tiny-llama")
+    w = fake.lm_head.weight.detach().clone()
+    fake_quantize_(fake, "int8", head_weights="bf16")
+    assert torch.equal(fake.lm_head.weight, w.bfloat16().float())
+    with pytest.raises(ValueError, match="unknown weight format"):
+        quantize_linears_(fake, "int4", lm_head=True, head_weights="q6_k")
 
 
 def test_fake_quantize_changes_weights_within_the_format_bound() -> None:

@@ -5,30 +5,38 @@ struct ``actlab_wmat`` (csrc/weights.h) reads it. For the sparse-input GEMV it i
 (rows = input channels, cols = outputs): a kept input reads one packed row plus its row of scales, and the
 groups that share a scale run along the output dimension.
 
-Formats (``w`` the fp32 value, ``s`` the group's fp16 scale, groups of ``group`` consecutive columns):
+Formats (``w`` the fp32 value; a *block* is ``group`` consecutive **rows**, i.e. input channels of a
+transposed weight, and each block has one fp16 scale per column):
 
 * ``fp32``: the values as they are (``data`` float32, no scales).
 * ``bf16``: round-to-nearest-even bf16 (``data`` int16 holding the bf16 bits); relative error <= 2**-9.
-* ``int8``: symmetric, ``s = max|w| / 127`` (rounded *up* to fp16 so ``|w / s| <= 127``),
-  ``q = round(w / s)`` in ``[-127, 127]``; ``|w - s q| <= s / 2``. Default group 64 (a multiple of 16).
-* ``int4``: llama.cpp's Q4_0 choice: ``s = -m / 8`` where ``m`` is the group's value of largest
-  magnitude (so ``m`` itself maps to ``-8`` exactly), ``q = clamp(round(w / s), -8, 7)`` stored as the
-  nibble ``q + 8``; ``|w - s q| <= |s|`` (``<= |s| / 2`` except values that clamp at ``+7``). Within a group
-  byte ``j`` holds column ``j`` (low nibble) and column ``j + group / 2`` (high nibble), so the kernel
-  unpacks two contiguous half-groups. Default group 32 (a multiple of 32).
+* ``int8``: symmetric, per (block, column) ``s = max|w| / 127`` over the block's rows (rounded *up* to
+  fp16 so ``|w / s| <= 127``), ``q = round(w / s)`` in ``[-127, 127]``; ``|w - s q| <= s / 2``.
+  Default group 64 (llama.cpp's Q8_0 blocks are 32 inputs).
+* ``int4``: asymmetric, llama.cpp's Q4_1 choice: per (block, column) a minimum ``m`` (fp16) and a step
+  ``s = (max - m) / 15``, ``q = clamp(round((w - m) / s), 0, 15)``, ``w ~ s q + m``;
+  ``|w - (s q + m)| <= s / 2 + |m| 2**-11`` (the second term from rounding ``m`` to fp16). Default group 32.
+  Nibbles pair along the columns: in each chunk of 32 columns, byte ``j`` holds column ``j`` (low
+  nibble) and column ``j + 16`` (high nibble), so the kernel unpacks two contiguous half-chunks.
 
-Shapes: ``cols`` that is not a multiple of the group is **padded** with zero columns up to ``ld`` (the
-kernels compute only ``cols`` outputs); ``rows`` is never padded. A group that is not a positive multiple
-of 16 (int8) / 32 (int4), non-finite values in any format but fp32, or a scale beyond fp16's range is refused
-with ``ValueError``. fp16 scales underflow for groups whose largest magnitude is below about ``1e-5``
-(such groups dequantize to tiny values or zero: an absolute error below that magnitude).
+Why blocks along the inputs: on SmolLM2 (strict perplexity, 4096 eval tokens) scales shared by 32
+*outputs* of one input cost int4 +24% (asymmetric) or +84% (symmetric), and int8 +1.3%; shared by 32
+inputs of one output, as llama.cpp does, they cost int4 +4% (+0.1% with an int8 lm_head) and int8
++0.1%. The kernel sums the kept rows of a block unscaled and applies the block's scale row once.
+
+Layout: ``scales`` is ``[ceil(rows / group), scale_ld]`` with ``scale_ld = ld`` (int8) or ``2 * ld``
+(int4: the block's scale row, then its minimum row). ``cols`` is **padded** with zero columns up to
+``ld``, a multiple of 16 (int8) or 32 (int4); the kernels compute only ``cols`` outputs. ``rows`` is
+never padded (the last block may be short). Non-positive groups, non-finite values in any format but
+fp32, or a scale beyond fp16's range are refused with ``ValueError``. fp16 scales underflow for blocks
+whose largest magnitude is below about ``1e-5`` (an absolute error below that magnitude).
 
 Example:
     >>> import torch
     >>> wt = torch.randn(64, 96)
     >>> p = pack(wt, "int8")
     >>> p.fmt, p.group, p.ld, tuple(p.scales.shape)
-    ('int8', 64, 128, (64, 2))
+    ('int8', 64, 96, (1, 96))
     >>> bool((p.dequantize() - wt).abs().max() <= p.scales.float().abs().max() / 2)
     True
 """
@@ -48,7 +56,7 @@ WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
 # actlab_fmt in csrc/weights.h (part of the ABI)
 FORMAT_CODES: dict[str, int] = {"fp32": 0, "bf16": 1, "int8": 2, "int4": 3}
 _DEFAULT_GROUP = {"int8": 64, "int4": 32}
-_GROUP_MULTIPLE = {"int8": 16, "int4": 32}  # what the C kernels' vector loops assume
+_COL_MULTIPLE = {"int8": 16, "int4": 32}  # ld: what the C kernels' vector loops (and nibble pairs) assume
 _FP16_MAX = 65504.0
 # Scale inflation so that rounding the scale to fp16 (relative error <= 2**-11) never shrinks it.
 _SCALE_UP = 1.0 + 2.0**-10
@@ -74,8 +82,8 @@ class PackedWeight:
         fmt: one of :data:`WEIGHT_FORMATS`.
         data: ``[rows, ld]`` float32 (fp32), ``[rows, ld]`` int16 bf16 bits (bf16), ``[rows, ld]`` int8
             (int8) or ``[rows, ld // 2]`` uint8 nibble pairs (int4); contiguous.
-        scales: ``[rows, ld // group]`` float16 (int8, int4), else None; contiguous.
-        group: columns per scale (0 for fp32/bf16).
+        scales: ``[ceil(rows / group), scale_ld]`` float16 (int8, int4), else None; contiguous.
+        group: rows (input channels) per block of scales (0 for fp32/bf16).
         rows, cols: logical shape; ``ld`` >= ``cols`` is the padded row length in elements.
 
     Checked once at construction (``ValueError`` if the tensors do not match the fields) and frozen, so
@@ -83,8 +91,8 @@ class PackedWeight:
 
     Example:
         >>> p = pack(torch.randn(8, 64), "int4")
-        >>> p.c_args()[0], p.nbytes   # int4 code 3; 8 rows of 32 bytes + 2 fp16 scales each
-        (3, 288)
+        >>> p.c_args()[0], p.nbytes   # int4 code 3; 8 rows of 32 bytes + one block's 64 scales and 64 minima
+        (3, 512)
     """
 
     fmt: str
@@ -97,20 +105,42 @@ class PackedWeight:
 
     @property
     def scale_ld(self) -> int:
-        """Scales per row (``ld // group``; 0 without scales)."""
-        return self.ld // self.group if self.group else 0
+        """fp16 values per block of scales: ``ld`` (int8), ``2 * ld`` (int4: scales then minima), 0 without."""
+        return {"int8": self.ld, "int4": 2 * self.ld}.get(self.fmt, 0)
+
+    @property
+    def blocks(self) -> int:
+        """Blocks of ``group`` rows sharing one scale row (``ceil(rows / group)``; 0 without scales)."""
+        return -(-self.rows // self.group) if self.group else 0
 
     @property
     def row_bytes(self) -> int:
-        """Bytes one kept row costs to read: its packed values plus its scales."""
-        per = self.data.numel() * self.data.element_size() // self.rows if self.rows else 0
-        return per + 2 * self.scale_ld
+        """Bytes one kept row costs to read: its packed values (a block's scales are read once for all of
+        its kept rows, ``2 * scale_ld`` bytes per block with any kept row)."""
+        return self.data.numel() * self.data.element_size() // self.rows if self.rows else 0
 
     @property
     def nbytes(self) -> int:
         """Bytes of the packed values and scales together (what a dense pass reads)."""
         n = self.data.numel() * self.data.element_size()
         return n + (0 if self.scales is None else self.scales.numel() * self.scales.element_size())
+
+    def read_bytes(self, keep: Tensor) -> int:
+        """Bytes a sparse call reads when the rows where ``keep`` (bool ``[rows]``) is true are kept: their
+        packed values, plus the scale row (and minimum row) of each block holding a kept row.
+
+        Example:
+            >>> p = pack(torch.randn(64, 64), "int4")            # 2 blocks of 32 rows
+            >>> keep = torch.zeros(64, dtype=torch.bool); keep[:3] = True
+            >>> p.read_bytes(keep)                               # 3 rows of 32 bytes + one block's 128 fp16
+            352
+        """
+        n = int(keep.sum()) * self.row_bytes
+        if self.group and self.rows:
+            pad = self.blocks * self.group - self.rows
+            k = torch.nn.functional.pad(keep.bool(), (0, pad)).view(self.blocks, self.group)
+            n += int(k.any(1).sum()) * 2 * self.scale_ld
+        return n
 
     def __post_init__(self) -> None:
         check_packed(self)
@@ -130,14 +160,14 @@ class PackedWeight:
             return self.data[:, : self.cols].clone()
         if self.fmt == "bf16":
             return self.data.view(torch.bfloat16).float()[:, : self.cols].contiguous()
-        ng = self.scale_ld
+        per_row = self.scales.float().repeat_interleave(self.group, dim=0)[: self.rows]  # type: ignore[union-attr]
         if self.fmt == "int8":
-            q = self.data.view(self.rows, ng, self.group).float()
+            w = self.data.float() * per_row
         else:
-            b = self.data.view(self.rows, ng, self.group // 2)
-            q = torch.cat([(b & 15), (b >> 4)], dim=-1).float() - 8.0
-        w = q * self.scales.float().view(self.rows, ng, 1)  # type: ignore[union-attr]
-        return w.reshape(self.rows, self.ld)[:, : self.cols].contiguous()
+            b = self.data.view(self.rows, self.ld // 32, 16)
+            q = torch.cat([(b & 15), (b >> 4)], dim=-1).float().view(self.rows, self.ld)
+            w = q * per_row[:, : self.ld] + per_row[:, self.ld:]
+        return w[:, : self.cols].contiguous()
 
     def to(self, device: torch.device | str) -> PackedWeight:
         """A copy on another device (the kernels read CPU tensors only)."""
@@ -155,24 +185,16 @@ def _group_for(fmt: str, group: int | None) -> int:
             raise ValueError(f"{fmt} weights have no groups; pass group=None")
         return 0
     g = _DEFAULT_GROUP[fmt] if group is None else int(group)
-    m = _GROUP_MULTIPLE[fmt]
-    if g <= 0 or g % m:
-        raise ValueError(f"{fmt} group must be a positive multiple of {m}, got {group}")
+    if g <= 0:
+        raise ValueError(f"{fmt} group must be a positive number of rows, got {group}")
     return g
 
 
-def _scales(wg: Tensor, fmt: str) -> Tensor:
-    """fp16 scale per group of wg [rows, ng, group] (see the module docstring), refusing fp16 overflow."""
-    amax = wg.abs().amax(dim=-1)
-    if fmt == "int8":
-        s = amax / 127.0
-    else:  # the signed value of largest magnitude maps to -8
-        idx = wg.abs().argmax(dim=-1, keepdim=True)
-        s = -torch.gather(wg, -1, idx).squeeze(-1) / 8.0
-    s = s * _SCALE_UP
-    if s.numel() and float(s.abs().max()) > _FP16_MAX:
-        raise ValueError(f"{fmt}: a weight of magnitude {float(amax.max()):.3g} exceeds what fp16 scales hold")
-    return s.to(torch.float16)
+def _fp16(v: Tensor, fmt: str, what: str) -> Tensor:
+    if v.numel() and float(v.abs().max()) > _FP16_MAX:
+        raise ValueError(f"{fmt}: a {what} of {float(v.abs().max()):.3g} exceeds what fp16 scales hold; "
+                         "keep this layer in fp32 or bf16")
+    return v.to(torch.float16)
 
 
 def pack(wt: Tensor, fmt: str, group: int | None = None) -> PackedWeight:
@@ -181,8 +203,8 @@ def pack(wt: Tensor, fmt: str, group: int | None = None) -> PackedWeight:
     Args:
         wt: 2-D floating tensor, any strides and device (packed on CPU in float32).
         fmt: one of :data:`WEIGHT_FORMATS`.
-        group: columns per scale for int8 (default 64, a multiple of 16) and int4 (default 32, a multiple
-            of 32); must be None for fp32/bf16.
+        group: rows (inputs) per block of scales for int8 (default 64) and int4 (default 32); must be
+            None for fp32/bf16.
 
     Returns:
         A :class:`PackedWeight` whose ``dequantize()`` is the format's rounding of ``wt``.
@@ -192,9 +214,9 @@ def pack(wt: Tensor, fmt: str, group: int | None = None) -> PackedWeight:
             group, or non-finite values (any format but fp32) / fp16-overflowing ones.
 
     Example:
-        >>> p = pack(torch.randn(32, 40), "int4")   # 40 columns padded to 64
-        >>> p.ld, tuple(p.data.shape), p.dequantize().shape
-        (64, (32, 32), torch.Size([32, 40]))
+        >>> p = pack(torch.randn(48, 40), "int4")   # 40 columns padded to 64; 2 blocks of up to 32 rows
+        >>> p.ld, tuple(p.data.shape), tuple(p.scales.shape), p.dequantize().shape
+        (64, (48, 32), (2, 128), torch.Size([48, 40]))
     """
     check_format(fmt)
     if not isinstance(wt, Tensor) or wt.dim() != 2 or not wt.is_floating_point():
@@ -210,22 +232,27 @@ def pack(wt: Tensor, fmt: str, group: int | None = None) -> PackedWeight:
         raise ValueError(f"{fmt} weights must be finite (NaN or inf found); keep this layer in fp32")
     if fmt == "bf16":
         return PackedWeight(fmt, w.to(torch.bfloat16).contiguous().view(torch.int16), None, 0, rows, cols, cols)
-    ld = -(-cols // g) * g
+    ld = -(-cols // _COL_MULTIPLE[fmt]) * _COL_MULTIPLE[fmt]
     if ld != cols:
         w = torch.nn.functional.pad(w, (0, ld - cols))
-    ng = ld // g
-    wg = w.reshape(rows, ng, g)
-    s16 = _scales(wg, fmt)
-    s = s16.float().unsqueeze(-1)
-    safe = torch.where(s == 0, torch.ones_like(s), s)  # an all-zero (or underflowed) group stores zeros
-    q = torch.where(s == 0, torch.zeros_like(wg), torch.round(wg / safe))
+    nb = -(-rows // g)
+    # a short last block repeats its last row: min and max (what sets the scales) stay those of its own rows
+    wb = torch.cat([w, w[-1:].expand(nb * g - rows, ld)]) if nb * g != rows else w
+    wb = wb.view(nb, g, ld)
     if fmt == "int8":
-        data = q.clamp_(-127, 127).to(torch.int8).reshape(rows, ld)
-    else:
-        nib = (q.clamp_(-8, 7) + 8).to(torch.uint8)
-        half = g // 2
-        data = (nib[..., :half] | (nib[..., half:] << 4)).reshape(rows, ld // 2)
-    return PackedWeight(fmt, data.contiguous(), s16.contiguous(), g, rows, cols, ld)
+        s16 = _fp16(wb.abs().amax(dim=1) / 127.0 * _SCALE_UP, fmt, "scale")  # [nb, ld]
+        s = s16.float().repeat_interleave(g, dim=0)[:rows]
+        q = torch.where(s == 0, torch.zeros_like(w), torch.round(w / torch.where(s == 0, 1.0, s)))
+        data = q.clamp_(-127, 127).to(torch.int8)
+        return PackedWeight(fmt, data.contiguous(), s16.contiguous(), g, rows, cols, ld)
+    m16 = _fp16(wb.amin(dim=1), fmt, "minimum")
+    s16 = _fp16((wb.amax(dim=1) - m16.float()).clamp_min(0) / 15.0 * _SCALE_UP, fmt, "scale")
+    s = s16.float().repeat_interleave(g, dim=0)[:rows]
+    m = m16.float().repeat_interleave(g, dim=0)[:rows]
+    q = torch.where(s == 0, torch.zeros_like(w), torch.round((w - m) / torch.where(s == 0, 1.0, s)))
+    nib = q.clamp_(0, 15).to(torch.uint8).view(rows, ld // 32, 32)
+    data = (nib[..., :16] | (nib[..., 16:] << 4)).reshape(rows, ld // 2)
+    return PackedWeight(fmt, data.contiguous(), torch.cat([s16, m16], dim=1).contiguous(), g, rows, cols, ld)
 
 
 _DATA_DTYPES = {"fp32": torch.float32, "bf16": torch.int16, "int8": torch.int8, "int4": torch.uint8}
@@ -234,7 +261,7 @@ _DATA_DTYPES = {"fp32": torch.float32, "bf16": torch.int16, "int8": torch.int8, 
 def check_packed(p: PackedWeight) -> None:
     """Raises ValueError unless ``p``'s tensors are what its fields promise: the lengths C will read
     behind each pointer (dtype, contiguity, ``data`` ``[rows, ld]`` or ``[rows, ld // 2]``, ``scales``
-    ``[rows, ld // group]``, group rules). Runs before any pointer reaches C.
+    ``[ceil(rows / group), scale_ld]``, group rules). Runs before any pointer reaches C.
 
     Example:
         >>> check_packed(pack(torch.randn(4, 64), "int8"))
@@ -250,15 +277,15 @@ def check_packed(p: PackedWeight) -> None:
         raise ValueError(
             f"{p.fmt} data must be a contiguous {_DATA_DTYPES[p.fmt]} tensor of shape ({p.rows}, {width}), "
             f"got {d.dtype} {tuple(d.shape)}; rebuild it with pack()")
-    if p.fmt in _GROUP_MULTIPLE:
-        m = _GROUP_MULTIPLE[p.fmt]
-        if p.group <= 0 or p.group % m or p.ld % p.group:
-            raise ValueError(f"{p.fmt} group {p.group} must be a multiple of {m} dividing ld={p.ld}")
+    if p.fmt in _COL_MULTIPLE:
+        m = _COL_MULTIPLE[p.fmt]
+        if p.group <= 0 or p.ld % m:
+            raise ValueError(f"{p.fmt} needs a positive group (got {p.group}) and ld a multiple of {m} (got {p.ld})")
         sc = p.scales
-        if sc is None or sc.dtype is not torch.float16 or tuple(sc.shape) != (p.rows, p.ld // p.group) or \
-                not sc.is_contiguous():
+        want = (p.blocks, p.scale_ld)
+        if sc is None or sc.dtype is not torch.float16 or tuple(sc.shape) != want or not sc.is_contiguous():
             got = None if sc is None else f"{sc.dtype} {tuple(sc.shape)}"
-            raise ValueError(f"{p.fmt} scales must be contiguous float16 ({p.rows}, {p.ld // p.group}), got {got}")
+            raise ValueError(f"{p.fmt} scales must be contiguous float16 {want}, got {got}")
     elif p.scales is not None:
         raise ValueError(f"{p.fmt} weights have no scales")
 

@@ -31,8 +31,8 @@ static PyObject *py_sparse_linear_w(PyObject *self, PyObject *args) {
                            scale_ld, group};
     if (!actlab_valid_wmat(&w)) {
         PyErr_SetString(PyExc_ValueError,
-                        "packed weight is inconsistent (ld < cols, group not dividing ld or not a multiple of "
-                        "16 (int8) / 32 (int4), scale_ld < ld / group, or a NULL pointer)");
+                        "packed weight is inconsistent (ld < cols or not a multiple of 16 (int8) / 32 (int4), group "
+                        "not positive, scale_ld < ld (int8) / 2 * ld (int4), or a NULL pointer)");
         return NULL;
     }
     const actlab_mat xm = {(const float *)PTR(x), rows, in, x_ld};

@@ -56,32 +56,32 @@ static inline float actlab__bf16(uint16_t h) {
 #define KVBYTES 32
 #define KWIDEN_I8(p) _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))
 #define KWIDEN_U8(p) _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p)))
-#define KH2F(h) _cvtsh_ss(h) /* one vcvtph2ps: the scalar bit-fiddling cost ~20% of the int4 loop */
+#define KH2FV(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
 #include "weights_kernel.h"
 #undef KSUFFIX
 #undef KTARGET
 #undef KVBYTES
 #undef KWIDEN_I8
 #undef KWIDEN_U8
-#undef KH2F
+#undef KH2FV
 
 #define KSUFFIX avx512
 #define KTARGET __attribute__((target("avx512f,avx512bw,avx2,fma,f16c")))
 #define KVBYTES 64
 #define KWIDEN_I8(p) _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
 #define KWIDEN_U8(p) _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p)))
-#define KH2F(h) _cvtsh_ss(h)
+#define KH2FV(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p)))
 #include "weights_kernel.h"
 #undef KSUFFIX
 #undef KTARGET
 #undef KVBYTES
 #undef KWIDEN_I8
 #undef KWIDEN_U8
-#undef KH2F
+#undef KH2FV
 #endif
 
 typedef void (*wcols_fn)(const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t xs, int64_t nk,
-                         int nb, int64_t c0, int64_t n, float *acc, int64_t acc_ld);
+                         int nb, int64_t c0, int64_t n, float *acc, int64_t acc_ld, float *tmp, int64_t tld);
 
 /* [isa][fmt - BF16] */
 static wcols_fn wkernel(actlab_fmt fmt) {
@@ -109,9 +109,9 @@ int actlab_valid_wmat(const actlab_wmat *w) {
     case ACTLAB_FMT_BF16: return 1;
     case ACTLAB_FMT_Q8:
     case ACTLAB_FMT_Q4: {
-        const int64_t m = w->fmt == ACTLAB_FMT_Q8 ? 16 : 32; /* the vector loops' unit */
-        if (w->group <= 0 || w->group % m != 0 || w->ld % w->group != 0) return 0;
-        if (w->scale_ld < w->ld / w->group || (w->scales == NULL && !empty)) return 0;
+        const int q4 = w->fmt == ACTLAB_FMT_Q4;
+        if (w->group <= 0 || w->ld % (q4 ? 32 : 16) != 0) return 0; /* the vector loops' (and nibble pairs') unit */
+        if (w->scale_ld < (q4 ? 2 : 1) * w->ld || (w->scales == NULL && !empty)) return 0;
         return 1;
     }
     }
@@ -121,24 +121,28 @@ int actlab_valid_wmat(const actlab_wmat *w) {
 static int wblock(wcols_fn fn, const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t nk, int B,
                   const float *bias, float *y, int64_t y_ld, int64_t c0, int64_t c1) {
     const int64_t n = c1 - c0;
-    const int64_t ld = B == 1 ? y_ld : actlab__padded_ld(n);
-    float *acc = B == 1 ? y + c0 : malloc((size_t)(B * ld) * sizeof(float));
-    if (acc == NULL) return 0;
+    const int64_t ld = actlab__padded_ld(n);
+    const int nb_max = B < 8 ? B : 8, scaled = w->fmt == ACTLAB_FMT_Q8 || w->fmt == ACTLAB_FMT_Q4;
+    /* one allocation: the accumulators of B > 1 tokens, then the per-block sums of int8/int4 */
+    const int64_t acc_n = B == 1 ? 0 : B * ld, tmp_n = scaled ? nb_max * ld : 0;
+    float *buf = acc_n + tmp_n ? malloc((size_t)(acc_n + tmp_n) * sizeof(float)) : NULL;
+    if (acc_n + tmp_n && buf == NULL) return 0;
+    float *acc = B == 1 ? y + c0 : buf, *tmp = buf ? buf + acc_n : NULL;
+    const int64_t acc_ld = B == 1 ? y_ld : ld;
     for (int b = 0; b < B; ++b) {
-        if (bias) memcpy(acc + b * ld, bias + c0, (size_t)n * sizeof(float));
-        else memset(acc + b * ld, 0, (size_t)n * sizeof(float));
+        if (bias) memcpy(acc + b * acc_ld, bias + c0, (size_t)n * sizeof(float));
+        else memset(acc + b * acc_ld, 0, (size_t)n * sizeof(float));
     }
     for (int b0 = 0; b0 < B; b0 += 8) /* at most 8 tokens share one pass over the rows */
-        fn(w, idx, xv + b0, B, nk, B - b0 < 8 ? B - b0 : 8, c0, n, acc + b0 * ld, ld);
-    if (B > 1) {
+        fn(w, idx, xv + b0, B, nk, B - b0 < 8 ? B - b0 : 8, c0, n, acc + b0 * acc_ld, acc_ld, tmp, ld);
+    if (B > 1)
         for (int b = 0; b < B; ++b) memcpy(y + b * y_ld + c0, acc + b * ld, (size_t)n * sizeof(float));
-        free(acc);
-    }
+    free(buf);
     return 1;
 }
 
 /* Block width as sparse_gemv.c's block_width (accumulators within L2, equal shares), then a whole number
- * of groups so every block starts on a scale boundary. */
+ * of 32-column units (int4 nibble chunks; int8/bf16 vectors). */
 static int64_t wblock_width(int64_t out, int nt, int B, int64_t unit) {
     int64_t cap = 16384 / B;
     if (cap < 256) cap = 256;
@@ -151,9 +155,10 @@ static int64_t wblock_width(int64_t out, int nt, int B, int64_t unit) {
 static int run_cols_w(const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t nk, int B,
                       const float *bias, float *y, int64_t y_ld, int num_threads) {
     const int64_t out = w->cols;
-    const int64_t unit = w->group > 16 ? w->group : 16;
-    const int64_t row_bytes = w->fmt == ACTLAB_FMT_Q4 ? out / 2 + 2 * (out / unit + 1)
-                              : w->fmt == ACTLAB_FMT_Q8 ? out + 2 * (out / unit + 1)
+    const int64_t unit = 32;
+    /* bytes per kept row, a block's scale row (and minimum row) shared by its group of rows */
+    const int64_t row_bytes = w->fmt == ACTLAB_FMT_Q4 ? out / 2 + 4 * out / w->group
+                              : w->fmt == ACTLAB_FMT_Q8 ? out + 2 * out / w->group
                                                         : 2 * out;
     int nt = actlab__resolve_threads(num_threads, nk * row_bytes);
     if (nt > (out + unit - 1) / unit) nt = (int)((out + unit - 1) / unit);
