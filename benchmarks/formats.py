@@ -9,6 +9,11 @@ every token sparsified and scored, on the evaluation split, disjoint from the ca
 With ``--llamacpp`` (llama-cpp-python installed) llama.cpp's own perplexity of the GGUF files of the
 matching formats is measured on the same windows (``actlab.engine.llamacpp``).
 
+The default SmolLM2 ships as Q4_1 (Q8_0 embedding), and int4/int8 pack such weights back exactly, so on
+it they measure 0.0%. ``--off-grid`` first moves every decoder weight off that grid (uniform noise of
+one Q4_1 step of its block, seeded): a model with continuous weights, like a bf16 checkpoint, on which
+each format's own rounding error shows. Its fp32 row is the baseline of its other rows.
+
 Usage:
     python benchmarks/formats.py --threads 2 --json benchmarks/formats.json [--llamacpp]
 """
@@ -31,6 +36,24 @@ from actlab.eval.perplexity import perplexity
 from actlab.sparsity.config import config_from_dict
 
 
+@torch.no_grad()
+def off_grid_(model: torch.nn.Module, seed: int = 0) -> None:
+    """Adds uniform noise of one step ((max - min) / 15 over each block of 32 inputs) to every decoder
+    linear's weight: weights that no longer sit on a Q4_1 grid."""
+    from actlab.kernels.quantize import decoder_linear_groups
+
+    gen = torch.Generator().manual_seed(seed)
+    for paths in decoder_linear_groups(model):
+        for path in paths:
+            w = model.get_submodule(path).weight
+            out, n_in = w.shape
+            if n_in % 32:
+                continue
+            wb = w.detach().float().view(out, n_in // 32, 32)
+            step = (wb.amax(-1, keepdim=True) - wb.amin(-1, keepdim=True)) / 15
+            w.copy_((wb + (torch.rand(wb.shape, generator=gen) - 0.5) * step).view(out, n_in).to(w.dtype))
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -43,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--llamacpp", action="store_true", help="also llama.cpp's perplexity of the matching GGUF files")
+    ap.add_argument("--off-grid", action="store_true", help="move the decoder weights off their Q4_1 grid first")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
     from actlab.kernels.quantize import fake_quantize_
@@ -50,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     model, tok = actlab.load_model(args.model)
+    if args.off_grid:
+        if args.llamacpp:
+            ap.error("--off-grid changes the weights; llama.cpp's GGUF files hold the originals (drop --llamacpp)")
+        off_grid_(model)
     corpus = actlab.load_corpus("default")
     calib = make_windows(corpus, tok, args.seq_len, args.calib_tokens, split="calib")
     windows = make_windows(corpus, tok, args.seq_len, args.eval_tokens, split="eval")
@@ -82,7 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     base = rows[0]["ppl_dense"] if rows and rows[0]["format"] == "fp32" else None
     print(f"machine: {machine_line()}")
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"{args.model}, plan {args.method} {args.allocation} {args.sparsity:.0%} calibrated on fp32 "
+    grid = ", decoder weights moved off their Q4_1 grid (--off-grid)" if args.off_grid else ""
+    print(f"{args.model}{grid}, plan {args.method} {args.allocation} {args.sparsity:.0%} calibrated on fp32 "
           f"({args.calib_tokens} calib tokens), strict perplexity on {windows.numel()} eval tokens "
           f"(seq {args.seq_len}), {time.time() - t0:.0f} s\n")
     head = "| weights | PPL dense | vs fp32 | PPL with plan | plan vs its dense |"

@@ -236,29 +236,23 @@ static int cols_block(const kernel_table *kt, actlab_mat wt, const int32_t *idx,
 /*
  * Block width for out columns on nt threads: the fewest blocks whose accumulators (B rows of y) fit in
  * ACTLAB_ACC_FLOATS, rounded up to a multiple of nt so threads get equal shares, each a whole number of
- * cache lines so no two threads write the same line of y.
+ * `unit` columns (16: a cache line of y, so no two threads write the same line; the weight formats pass
+ * 32, their nibble chunk).
  */
-static int64_t block_width(int64_t out, int nt, int B) {
+int64_t actlab__block_width(int64_t out, int nt, int B, int64_t unit) {
     int64_t cap = ACTLAB_ACC_FLOATS / B;
     if (cap > ACTLAB_COL_BLOCK) cap = ACTLAB_COL_BLOCK;
     if (cap < 256) cap = 256;
     int64_t nblocks = (out + cap - 1) / cap;
     nblocks = (nblocks + nt - 1) / nt * nt;
-    return ((out + nblocks - 1) / nblocks + 15) & ~(int64_t)15;
+    return ((out + nblocks - 1) / nblocks + unit - 1) / unit * unit;
 }
 
-int actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx, const float *xv, int64_t nk,
-                     int B, const float *bias, float *y, int64_t y_ld, int num_threads,
-                     const actlab_act *act) {
-    const int64_t out = wt.cols;
-    int nt = actlab__resolve_threads(num_threads, nk * out * (int64_t)sizeof(float));
-    if (nt > (out + 63) / 64) nt = (int)((out + 63) / 64);
-    const int64_t bw = block_width(out, nt, B);
+int actlab__run_blocks(int nt, int64_t out, int64_t bw, actlab__block_fn fn, const void *ctx) {
     int ok = 1;
     if (nt < 2) {
-        for (int64_t c0 = 0; c0 < out && ok; c0 += bw)
-            ok = cols_block(kt, wt, idx, xv, nk, B, bias, y, y_ld, c0, c0 + bw < out ? c0 + bw : out, act);
-        return ok ? ACTLAB_OK : ACTLAB_ERR_NOMEM;
+        for (int64_t c0 = 0; c0 < out && ok; c0 += bw) ok = fn(ctx, c0, c0 + bw < out ? c0 + bw : out);
+        return ok;
     }
 #ifdef _OPENMP
     /* dynamic: a thread the OS preempts (a busy machine) does not hold up the others' blocks */
@@ -269,13 +263,42 @@ int actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx, 
 #pragma omp for schedule(dynamic, 1) nowait
         for (int64_t blk = 0; blk < nblocks; ++blk) {
             const int64_t c0 = blk * bw, c1 = c0 + bw < out ? c0 + bw : out;
-            ok = cols_block(kt, wt, idx, xv, nk, B, bias, y, y_ld, c0, c1, act) && ok;
+            ok = fn(ctx, c0, c1) && ok;
         }
         if (omp_get_thread_num() == 0) t_caller_done = actlab__now();
     }
     const double t1 = actlab__now();
     actlab__guard_note(t1 - t_caller_done, t1 - t0);
 #endif
+    return ok;
+}
+
+typedef struct {
+    const kernel_table *kt;
+    actlab_mat wt;
+    const int32_t *idx;
+    const float *xv;
+    int64_t nk;
+    int B;
+    const float *bias;
+    float *y;
+    int64_t y_ld;
+    const actlab_act *act;
+} cols_ctx;
+
+static int cols_block_fn(const void *p, int64_t c0, int64_t c1) {
+    const cols_ctx *c = p;
+    return cols_block(c->kt, c->wt, c->idx, c->xv, c->nk, c->B, c->bias, c->y, c->y_ld, c0, c1, c->act);
+}
+
+int actlab__run_cols(const kernel_table *kt, actlab_mat wt, const int32_t *idx, const float *xv, int64_t nk,
+                     int B, const float *bias, float *y, int64_t y_ld, int num_threads,
+                     const actlab_act *act) {
+    const int64_t out = wt.cols;
+    int nt = actlab__resolve_threads(num_threads, nk * out * (int64_t)sizeof(float));
+    if (nt > (out + 63) / 64) nt = (int)((out + 63) / 64);
+    const cols_ctx ctx = {kt, wt, idx, xv, nk, B, bias, y, y_ld, act};
+    const int ok = actlab__run_blocks(nt, out, actlab__block_width(out, nt, B, 16), cols_block_fn, &ctx);
     return ok ? ACTLAB_OK : ACTLAB_ERR_NOMEM;
 }
 

@@ -50,6 +50,13 @@ ACTLAB_INTERNAL int actlab__run_cols(const kernel_table *kt, actlab_mat wt, cons
                                       const float *xv, int64_t nk, int B, const float *bias, float *y,
                                       int64_t y_ld, int num_threads, const actlab_act *act);
 
+/* Column blocks of [0, out) of width bw (the last one shorter) through fn(ctx, c0, c1) on nt threads,
+ * dynamically scheduled, the load guard told how long the caller waited; returns 0 if any fn did. */
+typedef int (*actlab__block_fn)(const void *ctx, int64_t c0, int64_t c1);
+ACTLAB_INTERNAL int actlab__run_blocks(int nt, int64_t out, int64_t bw, actlab__block_fn fn, const void *ctx);
+/* Block width for out columns, nt threads and B tokens: a multiple of unit (see sparse_gemv.c). */
+ACTLAB_INTERNAL int64_t actlab__block_width(int64_t out, int nt, int B, int64_t unit);
+
 ACTLAB_INTERNAL int actlab__valid_mat(actlab_mat m);
 
 /* Row stride of a private B-token accumulator for n columns, off the 4 KiB stride that aliases L1 sets. */

@@ -1,19 +1,14 @@
 /*
  * Sparse-input GEMV over the weight formats of weights.h. F32 goes to the fp32 kernels of sparse_gemv.c;
  * BF16, Q8 and Q4 run the loops of weights_kernel.h (instantiated below per instruction set, dispatched by
- * the same actlab_get_isa()/actlab_set_isa() as the fp32 kernels), with the row selection of
- * sparse_gemv.c and a copy of its column blocking and threading (dynamic blocks, the load guard report),
- * kept here so sparse_gemv.c's threading policy is untouched.
+ * the same actlab_get_isa()/actlab_set_isa() as the fp32 kernels), with the row selection, column
+ * blocking and threading of sparse_gemv.c (actlab__select_rows, actlab__run_blocks).
  */
 #include "weights.h"
 
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "sparse_gemv_internal.h"
 
@@ -141,21 +136,27 @@ static int wblock(wcols_fn fn, const actlab_wmat *w, const int32_t *idx, const f
     return 1;
 }
 
-/* Block width as sparse_gemv.c's block_width (accumulators within L2, equal shares), then a whole number
- * of 32-column units (int4 nibble chunks; int8/bf16 vectors). */
-static int64_t wblock_width(int64_t out, int nt, int B, int64_t unit) {
-    int64_t cap = 16384 / B;
-    if (cap < 256) cap = 256;
-    int64_t nblocks = (out + cap - 1) / cap;
-    nblocks = (nblocks + nt - 1) / nt * nt;
-    const int64_t bw = (out + nblocks - 1) / nblocks;
-    return (bw + unit - 1) / unit * unit;
+typedef struct {
+    wcols_fn fn;
+    const actlab_wmat *w;
+    const int32_t *idx;
+    const float *xv;
+    int64_t nk;
+    int B;
+    const float *bias;
+    float *y;
+    int64_t y_ld;
+} wblock_ctx;
+
+static int wblock_fn(const void *p, int64_t c0, int64_t c1) {
+    const wblock_ctx *c = p;
+    return wblock(c->fn, c->w, c->idx, c->xv, c->nk, c->B, c->bias, c->y, c->y_ld, c0, c1);
 }
 
+/* Column blocks and threads as the fp32 kernels (actlab__run_blocks), in units of 32 columns. */
 static int run_cols_w(const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t nk, int B,
                       const float *bias, float *y, int64_t y_ld, int num_threads) {
-    const int64_t out = w->cols;
-    const int64_t unit = 32;
+    const int64_t out = w->cols, unit = 32;
     /* bytes per kept row, a block's scale row (and minimum row) shared by its group of rows */
     const int64_t row_bytes = w->fmt == ACTLAB_FMT_Q4 ? out / 2 + 4 * out / w->group
                               : w->fmt == ACTLAB_FMT_Q8 ? out + 2 * out / w->group
@@ -163,29 +164,8 @@ static int run_cols_w(const actlab_wmat *w, const int32_t *idx, const float *xv,
     int nt = actlab__resolve_threads(num_threads, nk * row_bytes);
     if (nt > (out + unit - 1) / unit) nt = (int)((out + unit - 1) / unit);
     if (nt < 1) nt = 1;
-    const int64_t bw = wblock_width(out, nt, B, unit);
-    const wcols_fn fn = wkernel(w->fmt);
-    int ok = 1;
-    if (nt < 2) {
-        for (int64_t c0 = 0; c0 < out && ok; c0 += bw)
-            ok = wblock(fn, w, idx, xv, nk, B, bias, y, y_ld, c0, c0 + bw < out ? c0 + bw : out);
-        return ok ? ACTLAB_OK : ACTLAB_ERR_NOMEM;
-    }
-#ifdef _OPENMP
-    const int64_t nblocks = (out + bw - 1) / bw;
-    double t0 = actlab__now(), t_caller_done = 0.0;
-#pragma omp parallel num_threads(nt) reduction(&& : ok)
-    {
-#pragma omp for schedule(dynamic, 1) nowait
-        for (int64_t blk = 0; blk < nblocks; ++blk) {
-            const int64_t c0 = blk * bw, c1 = c0 + bw < out ? c0 + bw : out;
-            ok = wblock(fn, w, idx, xv, nk, B, bias, y, y_ld, c0, c1) && ok;
-        }
-        if (omp_get_thread_num() == 0) t_caller_done = actlab__now();
-    }
-    const double t1 = actlab__now();
-    actlab__guard_note(t1 - t_caller_done, t1 - t0);
-#endif
+    const wblock_ctx ctx = {wkernel(w->fmt), w, idx, xv, nk, B, bias, y, y_ld};
+    const int ok = actlab__run_blocks(nt, out, actlab__block_width(out, nt, B, unit), wblock_fn, &ctx);
     return ok ? ACTLAB_OK : ACTLAB_ERR_NOMEM;
 }
 
