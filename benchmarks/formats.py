@@ -14,6 +14,11 @@ it they measure 0.0%. ``--off-grid`` first moves every decoder weight off that g
 one Q4_1 step of its block, seeded): a model with continuous weights, like a bf16 checkpoint, on which
 each format's own rounding error shows. Its fp32 row is the baseline of its other rows.
 
+``--native N`` adds the perplexity that decoding itself computes: the first N eval tokens fed one at a
+time through the native engine (``actlab.engine.native``) on the real kernels of each format, dense and
+with the plan. It differs from the torch rows by summation order and, where the int8/int4 kernels take
+integer dot products (AVX-512 VNNI, as llama.cpp does), by their rounding of the activations to int8.
+
 Usage:
     python benchmarks/formats.py --threads 2 --json benchmarks/formats.json [--llamacpp]
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import time
 
@@ -54,6 +60,32 @@ def off_grid_(model: torch.nn.Module, seed: int = 0) -> None:
             w.copy_((wb + (torch.rand(wb.shape, generator=gen) - 0.5) * step).view(out, n_in).to(w.dtype))
 
 
+def native_ppl(model: torch.nn.Module, windows: torch.Tensor) -> float:
+    """Perplexity of ``windows`` decoded token by token through the native engine (every position scored
+    from the logits of the step that read the token before it)."""
+    from actlab.engine.native import NativeDecoder
+
+    dec = NativeDecoder(model, max_len=windows.shape[1])
+    nll, n = 0.0, 0
+    for w in windows:
+        dec.reset()
+        for p in range(w.numel() - 1):
+            dec.run(w[p : p + 1], p, logits=True)
+            nll -= float(torch.log_softmax(dec.logits, -1)[w[p + 1]])
+            n += 1
+    return math.exp(nll / n)
+
+
+def _native_rows(model, plan, windows, fmt: str) -> dict:
+    from actlab.engine.plan_bench import dense_in, sparse_in
+
+    with dense_in(model, fmt)():
+        dense = native_ppl(model, windows)
+    with sparse_in(model, plan, fmt)():
+        sparse = native_ppl(model, windows)
+    return {"ppl_native_dense": dense, "ppl_native_plan": sparse}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -67,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--llamacpp", action="store_true", help="also llama.cpp's perplexity of the matching GGUF files")
     ap.add_argument("--off-grid", action="store_true", help="move the decoder weights off their Q4_1 grid first")
+    ap.add_argument("--native", type=int, default=0, metavar="N",
+                    help="also the perplexity of N eval tokens decoded one at a time on the native engine's kernels")
     ap.add_argument("--json", metavar="PATH")
     args = ap.parse_args(argv)
     from actlab.kernels.quantize import fake_quantize_
@@ -99,6 +133,15 @@ def main(argv: list[str] | None = None) -> None:
         actlab.remove_(model)
         rows.append({"format": fmt, "ppl_dense": dense, "ppl_plan": sparse})
         print(f"{fmt}: dense {dense:.3f} plan {sparse:.3f}", file=sys.stderr, flush=True)
+    if args.native:
+        model.load_state_dict(original)
+        nat = windows[: max(1, args.native // args.seq_len)]
+        nat_fp32 = perplexity(model, nat).ppl
+        print(f"native windows: torch fp32 dense {nat_fp32:.3f}", file=sys.stderr, flush=True)
+        for row in rows:
+            row.update(_native_rows(model, plan, nat, row["format"]))
+            print(f"native {row['format']}: dense {row['ppl_native_dense']:.3f} plan {row['ppl_native_plan']:.3f}",
+                  file=sys.stderr, flush=True)
     if args.llamacpp:
         from actlab.engine.llamacpp import gguf_for, llamacpp_perplexity
 
@@ -117,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     head = "| weights | PPL dense | vs fp32 | PPL with plan | plan vs its dense |"
     if args.llamacpp:
         head += " llama.cpp format | llama.cpp PPL |"
+    if args.native:
+        head += " native dense | native with plan |"
     print(head)
     print("|---|" + "---:|" * (head.count("|") - 2))
     for row in rows:
@@ -125,7 +170,12 @@ def main(argv: list[str] | None = None) -> None:
                 f"{row['ppl_plan'] / row['ppl_dense'] - 1:+.2%} |")
         if args.llamacpp:
             line += f" {row['llamacpp_format']} | {row['ppl_llamacpp']:.3f} |"
+        if args.native:
+            line += f" {row['ppl_native_dense']:.3f} | {row['ppl_native_plan']:.3f} |"
         print(line)
+    if args.native:
+        print(f"\nnative columns: the first {nat.numel()} eval tokens ({nat.shape[0]} windows) decoded one at a "
+              f"time; the torch fp32 model scores {nat_fp32:.3f} on them")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "machine": machine_line(), "rows": rows}, f, indent=1)

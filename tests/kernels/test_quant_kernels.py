@@ -13,7 +13,14 @@ import torch
 from tests.kernels.kernel_helpers import assert_matches, needs_ext
 
 from actlab.kernels import ops
-from actlab.kernels.quant import FORMAT_CODES, PackedWeight, pack, sparse_linear_packed
+from actlab.kernels.quant import (
+    FORMAT_CODES,
+    PackedWeight,
+    int8_dot_active,
+    pack,
+    set_int8_dot,
+    sparse_linear_packed,
+)
 from actlab.kernels.reference import sparse_linear_reference
 
 pytestmark = needs_ext
@@ -31,6 +38,24 @@ def _case(n_in: int, n_out: int, B: int, sparsity: float, seed: int) -> tuple[to
     return wt, x, thr
 
 
+@pytest.fixture(params=[True, False], ids=["int8dot", "floatdot"])
+def dot(request):
+    """int8/int4 with and without the integer dot products (the same where the CPU has no VNNI)."""
+    old = set_int8_dot(request.param)
+    yield request.param
+    set_int8_dot(old)
+
+
+def _rounding_bound(x: torch.Tensor, p: PackedWeight, t) -> torch.Tensor:
+    """The int8-dot path's error bound: per block of inputs, its kept activations rounded to steps of
+    max|x| / 127, so |error of y_c| <= sum over blocks of max|x| / 254 * sum_k |w_kc|."""
+    xm = torch.where(x.abs() > torch.as_tensor(t), x, 0)[0]  # [in]
+    w = p.dequantize().abs()
+    blocks = torch.arange(p.rows) // p.group
+    amax = torch.zeros(int(blocks.max()) + 1 if p.rows else 0).scatter_reduce(0, blocks, xm.abs(), "amax")
+    return ((amax[blocks] / 254).unsqueeze(1) * w * (xm != 0).unsqueeze(1)).sum(0)
+
+
 def _check(x: torch.Tensor, p: PackedWeight, thr, bias=None) -> None:
     y = sparse_linear_packed(x, p, thr, bias)
     t = -1.0 if thr is None else thr
@@ -38,6 +63,10 @@ def _check(x: torch.Tensor, p: PackedWeight, thr, bias=None) -> None:
     ref = sparse_linear_reference(x, w, t, bias)
     scale = (torch.where(x.abs() > torch.as_tensor(t), x, 0).abs() @ w.abs()).max()
     assert y.shape == ref.shape
+    if p.fmt in ("int8", "int4") and x.shape[0] == 1 and int8_dot_active() and bool(torch.isfinite(x).all()):
+        bound = _rounding_bound(x, p, t)
+        assert bool(((y - ref).abs()[0] <= bound * 1.01 + 1e-4 * ref.abs()[0] + 1e-5 * float(scale) + 1e-6).all())
+        return
     assert_matches(y, ref, scale)
 
 
@@ -45,7 +74,7 @@ def _check(x: torch.Tensor, p: PackedWeight, thr, bias=None) -> None:
 @pytest.mark.parametrize("B", [1, 3, 8])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 1.0])
 @pytest.mark.parametrize("shape", [(64, 96), (37, 200), (130, 33), (9, 1)])
-def test_matches_dequantized_reference(isa, fmt, B, sparsity, shape) -> None:
+def test_matches_dequantized_reference(isa, dot, fmt, B, sparsity, shape) -> None:
     n_in, n_out = shape
     wt, x, thr = _case(n_in, n_out, B, sparsity, seed=n_in * 7 + B)
     p = pack(wt, fmt)
@@ -53,7 +82,7 @@ def test_matches_dequantized_reference(isa, fmt, B, sparsity, shape) -> None:
 
 
 @pytest.mark.parametrize("fmt", QUANT)
-def test_groups_threads_and_per_channel_thresholds(isa, threads, fmt) -> None:
+def test_groups_threads_and_per_channel_thresholds(isa, threads, dot, fmt) -> None:
     wt, x, _ = _case(150, 700, 3, 0.0, seed=5)
     group = None if fmt == "bf16" else (32 if fmt == "int8" else 64)
     p = pack(wt, fmt, group=group)
@@ -76,11 +105,37 @@ def test_nan_input_dropped_and_inf_kept(fmt) -> None:
     assert bool(torch.isinf(y[1]).any() | torch.isnan(y[1]).any()) and bool(torch.isfinite(y[0]).all())
 
 
+@pytest.mark.skipif(not int8_dot_active(), reason="no AVX-512 VNNI here: the int8-dot path does not run")
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_int8_dot_rounds_activations_only(fmt) -> None:
+    # the integer path differs from the exact float path by the activation rounding, and only by it
+    # group 300 with every input kept: a run longer than the int8 buffer (256) takes the float loop
+    for group, sparsity in ((32, 0.5), (300, 0.0)):
+        wt, x, thr = _case(300, 200, 1, sparsity, seed=4)
+        p = pack(wt, fmt, group=group)
+        old = set_int8_dot(False)
+        exact = sparse_linear_packed(x, p, thr)
+        set_int8_dot(True)
+        fast = sparse_linear_packed(x, p, thr)
+        set_int8_dot(old)
+        diff = (fast - exact).abs()[0]
+        assert bool((diff <= _rounding_bound(x, p, thr) * 1.01 + 1e-4).all())
+        assert (float(diff.max()) > 0) == (group == 32)
+    p = pack(wt, fmt)
+    q = torch.zeros(1, 300)
+    q[0, 7] = 2.0  # one kept value: it is 127 steps of itself, exactly
+    torch.testing.assert_close(sparse_linear_packed(q, p, 0.5), q @ p.dequantize(), rtol=1e-5, atol=1e-5)
+
+
 def test_dense_matches_plain_matmul_of_dequantized_weight() -> None:
     wt, x, _ = _case(256, 128, 1, 0.0, seed=3)
-    for fmt in ("fp32", *QUANT):
-        p = pack(wt, fmt)
-        torch.testing.assert_close(sparse_linear_packed(x, p), x @ p.dequantize(), rtol=1e-4, atol=1e-4)
+    old = set_int8_dot(False)  # exact products (the int8-dot path has its own bound test)
+    try:
+        for fmt in ("fp32", *QUANT):
+            p = pack(wt, fmt)
+            torch.testing.assert_close(sparse_linear_packed(x, p), x @ p.dequantize(), rtol=1e-4, atol=1e-4)
+    finally:
+        set_int8_dot(old)
 
 
 def test_prefill_and_fallback_paths(monkeypatch, fresh_warnings) -> None:

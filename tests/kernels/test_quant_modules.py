@@ -13,12 +13,21 @@ from torch import nn
 import actlab
 from actlab.kernels import ActlabKernelWarning
 from actlab.kernels.linear import SparseLinear
-from actlab.kernels.quant import pack
+from actlab.kernels.quant import pack, set_int8_dot
 from actlab.kernels.quantize import fake_quantize_, quantize_linears_
 from actlab.kernels.swap import kernel_modules, remove_kernels
 from actlab.sparsity.calibrate import calibrate
 
 QUANT = ("bf16", "int8", "int4")
+
+
+@pytest.fixture(autouse=True)
+def _exact_products():
+    """These tests check the modules against fake quantisation, so the kernels keep exact products; the
+    int8-dot path's activation rounding has its own bound tests (test_quant_kernels.py)."""
+    old = set_int8_dot(False)
+    yield
+    set_int8_dot(old)
 
 
 def _calib(seed: int = 0) -> torch.Tensor:

@@ -24,7 +24,7 @@ def bench(
     reps: int = typer.Option(5, "--reps", help="Timed rounds (dense, sparse, HF interleaved); medians reported."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed rounds first."),
     no_hf: bool = typer.Option(False, "--no-hf", help="Skip the HF transformers generate baseline."),
-    weights: str = typer.Option("fp32", "--weights", "-w", help="Weight format of the actlab runs, dense and sparse alike: fp32, bf16, int8 or int4 (quantised from fp32 when applied)."),
+    weights: str = typer.Option("fp32", "--weights", "-w", help="Weight format of the actlab runs, dense and sparse alike: fp32, bf16, int8 (Q8_0 blocks) or int4 (Q4_1 blocks; lm_head in int8), quantised from fp32 when applied."),
     engine: str = typer.Option("auto", "--engine", "-e", help="Decode loop: native (one C call per token), torch (the HF modules), or auto: native where the model allows it."),
     against: str = typer.Option(None, "--against", help="Also time another engine on the same prompt: llamacpp (needs the llamacpp extra) at the matching format: fp32 F32, bf16 F16, int8 Q8_0, int4 Q4_1."),
     gguf: Path = typer.Option(None, "--gguf", help="With --against llamacpp: this GGUF file instead of the one made for the model and format."),

@@ -55,7 +55,8 @@ from torch import Tensor
 
 from actlab.kernels import _args, ops
 
-__all__ = ["FORMAT_CODES", "WEIGHT_FORMATS", "PackedWeight", "check_format", "check_packed", "pack", "sparse_linear_packed"]
+__all__ = ["FORMAT_CODES", "WEIGHT_FORMATS", "PackedWeight", "check_format", "check_packed", "int8_dot_active", "pack",
+           "set_int8_dot", "sparse_linear_packed"]
 
 WEIGHT_FORMATS: tuple[str, ...] = ("fp32", "bf16", "int8", "int4")
 # actlab_fmt in csrc/weights.h (part of the ABI)
@@ -63,6 +64,31 @@ FORMAT_CODES: dict[str, int] = {"fp32": 0, "bf16": 1, "int8": 2, "int4": 3}
 _DEFAULT_GROUP = {"int8": 32, "int4": 32}  # llama.cpp's Q8_0 and Q4_1 blocks
 _COL_MULTIPLE = {"int8": 16, "int4": 32}  # ld: what the C kernels' vector loops (and nibble pairs) assume
 _FP16_MAX = 65504.0
+
+
+def set_int8_dot(on: bool) -> bool:
+    """Lets int8/int4 decode calls (one token) take integer dot products where the CPU has AVX-512 VNNI
+    (``on=True``, the default), as llama.cpp does: each block's kept activations are rounded to int8,
+    an error of at most ``max|x| / 254`` per value of the block. ``False`` keeps the float loops, whose
+    products are exact. Returns the previous setting (False without the compiled kernels).
+
+    Example:
+        >>> old = set_int8_dot(False); _ = set_int8_dot(old)
+    """
+    ext = ops._extension()
+    return bool(ext.set_int8_dot(1 if on else 0)) if ext is not None else False
+
+
+def int8_dot_active() -> bool:
+    """Whether one-token int8/int4 calls take the integer dot products now (enabled, the CPU has AVX-512
+    VNNI and the avx512 ISA is selected).
+
+    Example:
+        >>> isinstance(int8_dot_active(), bool)
+        True
+    """
+    ext = ops._extension()
+    return bool(ext.int8_dot_active()) if ext is not None else False
 
 
 def check_format(fmt: str) -> str:
@@ -302,7 +328,8 @@ def sparse_linear_packed(x: Tensor, packed: PackedWeight, threshold: Tensor | fl
     reading only the packed rows (and scales) of kept inputs.
 
     Decode-sized calls (up to ``ops.MAX_KERNEL_ROWS`` tokens) on CPU float32 run the C kernel of the
-    format; longer inputs, autograd and compilation run the reference (``dequantize()`` and
+    format (one-token int8/int4 calls on an AVX-512 VNNI CPU with integer dot products: see
+    :func:`set_int8_dot`); longer inputs, autograd and compilation run the reference (``dequantize()`` and
     :func:`actlab.kernels.ops.sparse_linear_reference`), as does a missing or disabled extension (with the
     one-time ``ActlabKernelWarning``). ``threshold=None`` keeps every input except NaN (a dense GEMV).
 
@@ -314,10 +341,12 @@ def sparse_linear_packed(x: Tensor, packed: PackedWeight, threshold: Tensor | fl
         >>> wt = torch.randn(64, 48)
         >>> p = pack(wt, "int8")
         >>> x = torch.randn(1, 64)
+        >>> old = set_int8_dot(False)   # exact products; with VNNI the kept x would be rounded to int8
         >>> y = sparse_linear_packed(x, p, 0.5)
         >>> ref = torch.where(x.abs() > 0.5, x, 0) @ p.dequantize()
         >>> bool(torch.allclose(y, ref, atol=1e-4))
         True
+        >>> _ = set_int8_dot(old)
     """
     # Runs once per layer per decoded token: cheap tensor queries only (a PackedWeight is checked when built).
     if type(packed) is not PackedWeight:

@@ -62,12 +62,28 @@ static PyObject *py_valid_wmat(PyObject *self, PyObject *args) {
     return PyBool_FromLong(actlab_valid_wmat(&w));
 }
 
+static PyObject *py_set_int8_dot(PyObject *self, PyObject *args) {
+    int on;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "i:set_int8_dot", &on)) return NULL;
+    return PyBool_FromLong(actlab_set_int8_dot(on));
+}
+
+static PyObject *py_int8_dot_active(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    return PyBool_FromLong(actlab_int8_dot_active());
+}
+
 static PyMethodDef weight_methods[] = {
     {"sparse_linear_w", py_sparse_linear_w, METH_VARARGS,
      "sparse_linear_w(x, rows, in, x_ld, fmt, data, wrows, wcols, ld, scales, scale_ld, group, thr, thr_stride, "
      "bias, y, y_ld, num_threads)"},
     {"valid_wmat", py_valid_wmat, METH_VARARGS,
      "valid_wmat(fmt, data, rows, cols, ld, scales, scale_ld, group) -> bool (tests of the C check)"},
+    {"set_int8_dot", py_set_int8_dot, METH_VARARGS,
+     "set_int8_dot(on) -> previous: 1 lets int8/int4 take VNNI dot products where present, 0 keeps float "
+     "loops, -1 only reads"},
+    {"int8_dot_active", py_int8_dot_active, METH_NOARGS, "int8_dot_active() -> whether int8/int4 calls take them now"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,6 +6,7 @@
  */
 #include "weights.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,7 +74,22 @@ static inline float actlab__bf16(uint16_t h) {
 #undef KWIDEN_I8
 #undef KWIDEN_U8
 #undef KH2FV
+
+#include "weights_vnni.h"
+#else
+int actlab_set_int8_dot(int on) {
+    (void)on;
+    return 0;
+}
 #endif
+
+int actlab_int8_dot_active(void) {
+#ifdef ACTLAB_X86
+    return g_int8_dot && actlab_get_isa() == ACTLAB_ISA_AVX512 && vnni_supported();
+#else
+    return 0;
+#endif
+}
 
 typedef void (*wcols_fn)(const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t xs, int64_t nk,
                          int nb, int64_t c0, int64_t n, float *acc, int64_t acc_ld, float *tmp, int64_t tld);
@@ -87,6 +103,7 @@ static wcols_fn wkernel(actlab_fmt fmt) {
     const actlab_isa isa = actlab_get_isa();
     /* f16c (scale conversion) and avx512bw come with avx2 / avx512f on every CPU that has shipped;
      * checked anyway, falling back to the generic loops */
+    if (fmt != ACTLAB_FMT_BF16 && actlab_int8_dot_active()) return fmt == ACTLAB_FMT_Q8 ? q8_cols_vnni : q4_cols_vnni;
     if (__builtin_cpu_supports("f16c")) {
         if (isa == ACTLAB_ISA_AVX512 && __builtin_cpu_supports("avx512bw")) return avx512[fmt - ACTLAB_FMT_BF16];
         if (isa == ACTLAB_ISA_AVX512 || isa == ACTLAB_ISA_AVX2) return avx2[fmt - ACTLAB_FMT_BF16];
@@ -153,10 +170,10 @@ static int wblock_fn(const void *p, int64_t c0, int64_t c1) {
     return wblock(c->fn, c->w, c->idx, c->xv, c->nk, c->B, c->bias, c->y, c->y_ld, c0, c1);
 }
 
-/* Column blocks and threads as the fp32 kernels (actlab__run_blocks), in units of 32 columns. */
+/* Column blocks and threads as the fp32 kernels (actlab__run_blocks), in units of 64 columns. */
 static int run_cols_w(const actlab_wmat *w, const int32_t *idx, const float *xv, int64_t nk, int B,
                       const float *bias, float *y, int64_t y_ld, int num_threads) {
-    const int64_t out = w->cols, unit = 32;
+    const int64_t out = w->cols, unit = 64; /* the int8-dot loops' chunk */
     /* bytes per kept row, a block's scale row (and minimum row) shared by its group of rows */
     const int64_t row_bytes = w->fmt == ACTLAB_FMT_Q4 ? out / 2 + 4 * out / w->group
                               : w->fmt == ACTLAB_FMT_Q8 ? out + 2 * out / w->group

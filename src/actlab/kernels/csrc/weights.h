@@ -44,6 +44,13 @@ typedef struct {
 int actlab_sparse_linear_w(actlab_mat x, const actlab_wmat *wt, actlab_thr thr, const float *bias, float *y,
                            int64_t y_ld, int num_threads);
 
+/* int8 and int4 on a CPU with AVX-512 VNNI (and the avx512 ISA selected) take integer dot products, as
+ * llama.cpp does: each block's kept activations rounded to int8 (an error of at most dx / 2 per value,
+ * dx = the block's max |x| / 127). actlab_set_int8_dot(0) keeps the float loops (exact products);
+ * on < 0 only reads. Both return the previous setting. */
+int actlab_set_int8_dot(int on);
+int actlab_int8_dot_active(void);
+
 /* Whether a struct is consistent (format known, ld/group/scale_ld fit cols, pointers present). The
  * caller guarantees ceil(rows / group) blocks of scale_ld scales behind `scales`. */
 int actlab_valid_wmat(const actlab_wmat *w);
