@@ -1,0 +1,193 @@
+"""The neuron browser's data, gathered from a model: records, contexts, LM-head tokens, ablation effects.
+
+This is the glue between the interpretability API (``actlab.interp.records``, ``lm_head``, ``ablate``)
+and the plain-data renderer (:func:`actlab.report.neurons_html.render_site`): it returns the dict the
+renderer documents and knows nothing about HTML.
+
+The activations shown on each token of a context come from one batched pass over the windows the
+top contexts point to (every site at once), not from one forward per context.
+
+Example:
+    >>> data = build_site_data(model, tok, windows, "mlp.act_out", layers=[0, 1], k=20)   # doctest: +SKIP
+    >>> render_site(data, "runs/neurons")                                               # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+from torch import nn
+
+from actlab.activations.hooks import capture
+from actlab.activations.sites import resolve_sites
+
+#: site kinds whose channels are MLP neurons, decoded through the LM head by their down-projection column
+LM_HEAD_KINDS: tuple[str, ...] = ("mlp.act_out", "mlp.down_in")
+
+
+class BrowserDataError(ValueError):
+    """A neuron selection that does not fit the site (an index past its width, an empty selection)."""
+
+
+def _progress(enabled: bool, total: int, label: str) -> Any:
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    bar.add_task(label, total=total)
+    return bar
+
+
+def _advance(bar: Any, n: int = 1) -> None:
+    if bar is not None:
+        bar.advance(bar.task_ids[0], n)
+
+
+def _decoder(tok: Any) -> Callable[[int], str]:
+    cache: dict[int, str] = {}
+
+    def text(i: int) -> str:
+        if i not in cache:
+            cache[i] = tok.decode([int(i)])
+        return cache[i]
+
+    return text
+
+
+def _f(x: Any) -> float:
+    return float(x.item() if hasattr(x, "item") else x)
+
+
+def _pairs(pairs: Sequence[Any], text: Callable[[int], str]) -> list[list[Any]]:
+    """(token, score) pairs with the token as text, whether it came as text or as an id."""
+    return [[t if isinstance(t, str) else text(int(t)), _f(s)] for t, s in pairs]
+
+
+@torch.no_grad()
+def _context_acts(model: nn.Module, windows: torch.Tensor, wanted: dict[str, list[tuple[int, Any]]],
+                  before: int, after: int, batch_size: int, bar: Any) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """Token ids and one neuron's activations around each wanted context: ``{(site, neuron, k): ...}``."""
+    by_window: dict[int, list[tuple[str, int, int, Any]]] = {}
+    for site, items in wanted.items():
+        for neuron, ctxs in items:
+            for k, c in enumerate(ctxs):
+                by_window.setdefault(int(c.window), []).append((site, neuron, k, c))
+    order = sorted(by_window)
+    seq = windows.shape[1]
+    out: dict[tuple[str, int, int], dict[str, Any]] = {}
+    device = next(model.parameters()).device
+    body = getattr(model, "base_model", model)  # every site is in the backbone: the LM head is not needed
+    with capture(model, sites=list(wanted)) as cap:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            ids = windows[chunk]  # [chunk, seq]
+            body(input_ids=ids.to(device), use_cache=False)
+            for row, w in enumerate(chunk):
+                for site, neuron, k, c in by_window[w]:
+                    pos = int(c.position)
+                    lo, hi = max(0, pos - before), min(seq, pos + after + 1)
+                    acts = cap.tensors[site][row, lo:hi, neuron].float()  # [hi - lo]
+                    out[(site, neuron, k)] = {"ids": ids[row, lo:hi].tolist(), "acts": acts.tolist(),
+                                              "center": pos - lo, "window": w, "position": pos, "value": _f(c.value)}
+            _advance(bar, len(chunk))
+    return out
+
+
+def build_site_data(
+    model: nn.Module,
+    tok: Any,
+    windows: torch.Tensor,
+    site_kind: str,
+    layers: Sequence[int],
+    k: int = 20,
+    neurons: Sequence[int] | None = None,
+    ablate: bool = False,
+    ablate_windows: torch.Tensor | None = None,
+    model_name: str = "model",
+    before: int = 16,
+    after: int = 4,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Everything the browser shows for ``neurons`` (default: all) of ``site_kind`` in ``layers``.
+
+    Args:
+        windows: ``[n_windows, seq_len]`` token ids the records are made from.
+        k: top contexts kept per neuron.
+        ablate: also measure each neuron's ablation effect (one forward over ``ablate_windows``, default
+            ``windows``, per neuron: the slow part, keep the selection small).
+        before, after: tokens shown on each side of a context's top token.
+
+    Raises:
+        SiteError: the site kind or a layer does not exist in the model.
+        BrowserDataError: a neuron index is past the site's width.
+    """
+    from actlab.interp.records import record_neurons
+
+    windows = getattr(windows, "ids", windows)  # a data.windows.Windows works too
+    sites = list(resolve_sites(model, [f"layers.{i}.{site_kind}" for i in layers]))
+    records = record_neurons(model, windows, sites=sites, k=k, batch_size=batch_size, progress=progress)
+    text = _decoder(tok)
+    chosen: dict[str, list[int]] = {}
+    for site in sites:
+        width = int(records[site].max.numel())
+        idx = list(range(width)) if neurons is None else [int(i) for i in neurons]
+        bad = [i for i in idx if not 0 <= i < width]
+        if bad:
+            shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+            raise BrowserDataError(f"neurons {shown} are outside {site} (0..{width - 1}); choose --neurons within it")
+        if not idx:
+            raise BrowserDataError("no neurons selected; pass --neurons with at least one index")
+        chosen[site] = idx
+
+    wanted = {s: [(i, records[s].top(i)) for i in idx] for s, idx in chosen.items()}
+    n_top = {(s, i): len(cs) for s, items in wanted.items() for i, cs in items}
+    n_windows = len({int(c.window) for items in wanted.values() for _, cs in items for c in cs})
+    with _progress(progress, n_windows, "contexts") as bar:
+        ctx = _context_acts(model, windows, wanted, before, after, batch_size, bar)
+
+    decoded: dict[str, Any] = {}
+    if site_kind in LM_HEAD_KINDS:
+        from actlab.interp.lm_head import decode_neurons
+
+        decoded = {s: decode_neurons(model, int(s.split(".")[1]), k=10, neurons=chosen[s]) for s in sites}
+    ablation_effect = None
+    if ablate:
+        from actlab.interp.ablate import ablation_effect
+
+    out: list[dict[str, Any]] = []
+    total = sum(len(v) for v in chosen.values())
+    with _progress(progress, total, "neurons") as bar:
+        for site, idx in chosen.items():
+            rec, layer = records[site], int(site.split(".")[1])
+            for i in idx:
+                edges, counts = rec.hist(i)
+                contexts = []
+                for j in range(n_top[(site, i)]):
+                    c = ctx[(site, i, j)]
+                    contexts.append({**{kk: v for kk, v in c.items() if kk != "ids"},
+                                     "tokens": [text(t) for t in c["ids"]]})
+                lm = None
+                if site in decoded:
+                    top, bottom = decoded[site].tokens(tok, i)
+                    lm = {"top": _pairs(top, text), "bottom": _pairs(bottom, text)}
+                ab = None
+                if ablation_effect is not None:
+                    eff = ablation_effect(model, windows if ablate_windows is None else ablate_windows, site, [i])
+                    ab = {"delta_loss": _f(eff.delta_loss), "tokens": _pairs(eff.tokens_most_affected, text)}
+                out.append({
+                    "id": f"{site}/{i}", "layer": layer, "index": i, "kind": "neuron",
+                    "max": _f(rec.max[i]), "mean": _f(rec.mean[i]), "std": _f(rec.std[i]), "freq": _f(rec.freq[i]),
+                    "hist": {"edges": [_f(e) for e in edges], "counts": [int(_f(c)) for c in counts]},
+                    "top_contexts": [c for c in contexts if math.isfinite(c["value"])],
+                    "lm_head": lm, "ablation": ab,
+                })
+                _advance(bar)
+    return {"model": model_name, "site_kind": site_kind, "n_tokens": int(windows.numel()), "neurons": out}
