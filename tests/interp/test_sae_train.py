@@ -80,6 +80,29 @@ def test_sparse_decode_equals_dense_decode():
     torch.testing.assert_close(sparse_decode(sae, z), sae.decode_normalized(z))
 
 
+def test_sparse_gradient_encoder_equals_the_dense_formula():
+    torch.manual_seed(0)
+    a = SparseAutoencoder(SAEConfig(d_in=12, d_sae=40, k=3), seed=0)
+    b = SparseAutoencoder(SAEConfig(d_in=12, d_sae=40, k=3), seed=0)
+    with torch.no_grad():
+        for m in (a, b):
+            m.b_dec.copy_(torch.linspace(-1, 1, 12))
+            m.b_enc.copy_(torch.linspace(-0.5, 0.5, 40))
+            m.input_scale.fill_(0.5)
+    x = torch.randn(30, 12)
+
+    def loss(m, dense):
+        pre = (x * m.input_scale - m.b_dec) @ m.W_enc + m.b_enc if dense else m.pre_acts(x)
+        err = x * m.input_scale - sparse_decode(m, m.activate(pre))
+        return err.pow(2).sum(-1).mean()
+
+    loss(a, False).backward()
+    loss(b, True).backward()
+    for name in ("W_enc", "b_enc", "b_dec", "W_dec"):
+        torch.testing.assert_close(getattr(a, name).grad, getattr(b, name).grad, rtol=1e-5, atol=1e-6)
+    assert int((a.W_enc.grad != 0).any(0).sum()) < 40  # only the selected latents' encoder columns move
+
+
 def test_stops_at_max_seconds_with_an_endless_source():
     atoms = _dictionary(32, 8, seed=3)
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=32, k=2), seed=0)

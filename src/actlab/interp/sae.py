@@ -184,8 +184,16 @@ class SparseAutoencoder(nn.Module):
     # -- the maps ---------------------------------------------------------------------------------------------
 
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder pre-activations ``[..., d_sae]`` of raw site activations ``x [..., d_in]``."""
-        return (x * self.input_scale - self.b_dec) @ self.W_enc + self.b_enc
+        """Encoder pre-activations ``[..., d_sae]`` of raw site activations ``x [..., d_in]``.
+
+        Written ``s·x @ W_enc + (b_enc − b_dec @ W_enc)``: the same map, but ``b_dec``'s gradient then costs a
+        vector-matrix product instead of a second [tokens, d_in] × [d_in, d_sae] one.
+        """
+        bias = self.b_enc - self.b_dec @ self.W_enc  # [d_sae]
+        xn = x * self.input_scale
+        if torch.is_grad_enabled() and xn.dim() == 2 and self.W_enc.requires_grad:
+            return _SparseGradLinear.apply(xn, self.W_enc, bias)
+        return xn @ self.W_enc + bias
 
     def activate(self, pre: torch.Tensor, batch: bool | None = None) -> torch.Tensor:
         """Sparse latents from pre-activations: TopK per token, or BatchTopK (``batch``; default: while
@@ -393,6 +401,29 @@ SAELENS_TOPK_KEYS = frozenset({"k", "rescale_acts_by_decoder_norm"})
 #: tensor names and shapes in sae_weights.safetensors (SAE.initialize_weights / _init_weights_topk;
 #: BatchTopKTrainingSAE.process_state_dict_for_saving_inference adds ``threshold``)
 SAELENS_TENSORS = {"W_enc": ("d_in", "d_sae"), "b_enc": ("d_sae",), "W_dec": ("d_sae", "d_in"), "b_dec": ("d_in",)}
+
+
+class _SparseGradLinear(torch.autograd.Function):
+    """``x @ w + b`` whose gradient for ``w`` reads only the nonzero entries of the output gradient.
+
+    Under TopK only k (+ AuxK's k_aux) of the d_sae pre-activations of a token get a gradient, so the dense
+    ``xᵀ @ grad`` would multiply mostly zeros: a sparse product costs nnz · d_in instead of tokens · d_in · d_sae.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        return torch.addmm(b, x, w)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        x, w = ctx.saved_tensors
+        gx = g @ w.T if ctx.needs_input_grad[0] else None
+        rows, cols = g.nonzero(as_tuple=True)
+        g_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), g[rows, cols], (w.shape[1], x.shape[0]),
+                                      check_invariants=False)  # built from nonzero(): valid by construction
+        gw = torch.sparse.mm(g_t, x).T  # [d_in, d_sae]
+        return gx, gw, g.sum(0)
 
 
 def decoder_norm_grad_(sae: SparseAutoencoder) -> None:
