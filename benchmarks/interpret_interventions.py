@@ -36,10 +36,10 @@ CORRUPT_SUBJECTS = ["The Colosseum", "The Trevi Fountain", "The Pantheon", "The 
 def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--layers", default="9-11", help="steered layers, e.g. 9-11")
+    ap.add_argument("--layers", default="10", help="steered layers, e.g. 10 or 9-11")
     ap.add_argument("--pairs-n", type=int, default=12)
-    ap.add_argument("--scales", default="-8,-4,-2,0,2,4,8")
-    ap.add_argument("--scale", type=float, default=4.0, help="scale of the generations shown")
+    ap.add_argument("--scales", default="-4,-2,-1,0,1,2,4")
+    ap.add_argument("--scale", type=float, default=2.0, help="scale of the generations shown")
     ap.add_argument("--new-tokens", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="runs/interventions")

@@ -82,3 +82,19 @@ def test_draw(tiny_llama, tmp_path, suffix):
         assert head.startswith(b"\x89PNG") if suffix == ".png" else b"<svg" in path.read_bytes()[:2000] or b"<?xml" in head
     with pytest.raises(PatchingError, match="PNG or SVG"):
         draw_patch_map(pm, tmp_path / "map.jpg")
+
+
+@pytest.mark.slow
+def test_smollm2_eiffel_tower(smollm2):
+    """The known picture (Meng et al.): the subject's last token carries the fact in early-middle layers, the
+    last position from the late layers on."""
+    model, tok = smollm2
+    clean = tok("The Eiffel Tower is in the city of", return_tensors="pt")["input_ids"]
+    corrupt = tok("The Colosseum is in the city of", return_tensors="pt")["input_ids"]
+    assert clean.shape == corrupt.shape
+    pm = patch_map(model, clean, corrupt, single_token(tok, " Paris"), single_token(tok, " Rome"),
+                   sites=("resid_out",), per_position=True, tok=tok)
+    assert pm.logit_diff_clean > 0 > pm.logit_diff_corrupt
+    subject = pm.tokens.index("iffel")
+    assert float(pm.restored[5, 0, subject]) > 0.5 and float(pm.restored[5, 0, -1]) < 0.2
+    assert float(pm.restored[-1, 0, -1]) == pytest.approx(1.0, abs=1e-4)

@@ -137,3 +137,22 @@ def test_control_vector_gguf(tiny_llama, tmp_path):
     with pytest.raises(SteeringError, match="cannot steer layer 0"):
         export_control_vector(steering_vector(model, tok, PAIRS, layers=[0, 1]), tmp_path / "bad.gguf")
     assert not (tmp_path / "bad.gguf").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_sentiment_steering(smollm2):
+    """A sentiment vector at layer 10 moves the next-token log-probs of sentiment words it never saw."""
+    model, tok = smollm2
+    pairs = [(f"{s} was {g}.", f"{s} was {b}.") for s, g, b in
+             zip(["The film", "Our trip", "The meal", "This book"], ["wonderful", "great", "lovely", "delightful"],
+                 ["terrible", "awful", "horrible", "dreadful"], strict=True)]
+    vec = steering_vector(model, tok, pairs, layers=[10])
+    ids = tok("When I walked into the room, I felt", return_tensors="pt")["input_ids"]
+    good, bad = tok(" happy", add_special_tokens=False)["input_ids"][0], tok(" sad", add_special_tokens=False)["input_ids"][0]
+
+    def gap(scale: float) -> float:
+        with apply_steering(model, vec, scale), torch.no_grad():
+            lp = torch.log_softmax(model(ids).logits[0, -1].double(), -1)
+        return float(lp[good] - lp[bad])
+
+    assert gap(-2.0) < gap(0.0) - 0.5 and gap(2.0) > gap(0.0) + 0.5
