@@ -156,3 +156,47 @@ def test_smollm2_sentiment_steering(smollm2):
         return float(lp[good] - lp[bad])
 
     assert gap(-2.0) < gap(0.0) - 0.5 and gap(2.0) > gap(0.0) + 0.5
+
+
+@pytest.mark.slow
+def test_llamacpp_applies_our_control_vector_at_the_same_layer(smollm2, tmp_path):
+    """llama.cpp itself, steered by our GGUF, moves the logits as actlab does at layers.10, not at 9 or 11.
+
+    The buffer is filled the way llama.cpp's loader (common_control_vector_load) reads the file:
+    ``direction.<il>`` at offset ``(il - 1) * n_embd``.
+    """
+    import ctypes
+
+    import gguf
+
+    from actlab.engine.llamacpp import _decode, _open, llamacpp_available
+    from actlab.models.load import smollm2_gguf_path
+
+    if llamacpp_available() is not None:
+        pytest.skip(llamacpp_available())
+    model, tok = smollm2
+    pairs = [("The film was wonderful.", "The film was terrible."), ("Our trip was great.", "Our trip was awful.")]
+    vec = steering_vector(model, tok, pairs, layers=[10])
+    reader = gguf.GGUFReader(str(export_control_vector(vec, tmp_path / "cv.gguf")))
+    n_embd, scale = vec.d_model, 4.0
+    buf = np.zeros(n_embd * max(vec.layers), np.float32)
+    for t in reader.tensors:
+        il = int(t.name.removeprefix("direction."))
+        buf[(il - 1) * n_embd : il * n_embd] = scale * np.asarray(t.data)
+    ids = tok("When I walked into the room, I felt", return_tensors="pt")["input_ids"]
+    n_layers = len(model.model.layers)
+    with _open(smollm2_gguf_path(), 64, 1) as h:
+        _decode(h, ids[0].tolist())
+        base = h.logits().copy()
+        h.clear()
+        assert h.lib.llama_set_adapter_cvec(h.ctx, (ctypes.c_float * buf.size)(*buf.tolist()), buf.size, n_embd, 1,
+                                            n_layers - 1) == 0
+        _decode(h, ids[0].tolist())
+        moved = h.logits().copy() - base
+    corr = {}
+    with torch.no_grad():
+        hf_base = model(ids).logits[0, -1].numpy()
+        for layer in (9, 10, 11):
+            with apply_steering(model, SteeringVector(directions={layer: vec.directions[10]}), scale, check=False):
+                corr[layer] = float(np.corrcoef(moved, model(ids).logits[0, -1].numpy() - hf_base)[0, 1])
+    assert corr[10] > 0.98 and corr[10] > max(corr[9], corr[11]) + 0.03, corr
