@@ -145,7 +145,7 @@ def main() -> int:
                           "logit_diff_clean": round(pm.logit_diff_clean, 4),
                           "logit_diff_corrupt": round(pm.logit_diff_corrupt, 4),
                           "restored": [[round(float(v), 4) for v in row] for row in pm.restored],
-                          "kinds": pm.kinds, "best": pm.best(8), "best_per_position": pp.best(8),
+                          "kinds": pm.kinds, "best": pm.best(8, ("mlp.down_in", "attn.o_in")), "best_per_position": pp.best(8),
                           "tokens": pp.tokens}
     print(f"patching: {CLEAN!r} vs {corrupt!r}, LD = logit(' Paris') - logit(' Rome'): clean "
           f"{pm.logit_diff_clean:.3f}, corrupted {pm.logit_diff_corrupt:.3f}")

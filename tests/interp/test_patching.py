@@ -51,6 +51,9 @@ def test_map_shapes_and_fixed_points(tiny_llama):
     d = per.to_dict()
     assert d["axes"] == ["layer", "kind", "position"] and len(d["restored"][0][0]) == 7
     assert pm.best(1)[0]["restored"] >= float(pm.restored.max()) - 1e-9
+    some = pm.best(10, ["attn.o_in"])
+    assert len(some) == 2 and {b["site"] for b in some} == {"layers.0.attn.o_in", "layers.1.attn.o_in"}
+    assert some[0]["restored"] == pytest.approx(float(pm.restored[:, 2].max()))
 
 
 def test_errors(tiny_llama):

@@ -31,7 +31,8 @@ def patch(
     site's activation taken from the clean run, and reports the share of the logit difference
     logit(answer) - logit(wrong) at the last token that each patch restores: 1 is the clean run,
     0 the corrupted one. The two prompts must have the same number of tokens, and each answer
-    must be a single token.
+    must be a single token. Patched at every position, resid_out restores 1 at every layer by
+    construction; --per-position shows where (which token, which layer) the information sits.
 
     Example:
 
@@ -85,10 +86,13 @@ def patch(
         console.print("layer  " + "  ".join(f"{k:>12}" for k in pm.kinds), highlight=False)
         for li, layer in enumerate(pm.layers):
             console.print(f"{layer:>5}  " + "  ".join(f"{float(v):>12.3f}" for v in pm.restored[li]), highlight=False)
+    # patched at every position, resid_out is the clean run's whole state: 1 at every layer, so it ranks nothing
+    informative = pm.kinds if per_position else [k for k in pm.kinds if k != "resid_out"] or pm.kinds
+    best = pm.best(5, informative)
     console.print("most restoring: " + ", ".join(
         f"{b['site']}" + (f"@{b['position']}" if b["position"] is not None else "") + f" {b['restored']:.3f}"
-        for b in pm.best(5)), highlight=False)
+        for b in best), highlight=False)
     if out is not None:
         console.print(f"map: [bold]{out / MAP_PNG}[/]  data: {out / MAP_JSON}", highlight=False)
     if json_out:
-        print_json({**pm.to_dict(), "best": pm.best(5), "out": str(out) if out is not None else None})
+        print_json({**pm.to_dict(), "best": best, "out": str(out) if out is not None else None})

@@ -107,12 +107,18 @@ class PatchMap:
                 "tokens": self.tokens, "corrupt_tokens": self.corrupt_tokens,
                 "axes": ["layer", "kind", "position"] if self.per_position else ["layer", "kind"]}
 
-    def best(self, k: int = 5) -> list[dict[str, Any]]:
-        """The ``k`` patches that restore most, as ``{site, position, restored}``."""
-        flat = self.restored.reshape(-1)
+    def best(self, k: int = 5, kinds: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The ``k`` patches that restore most (among ``kinds``, default all), as ``{site, position, restored}``.
+
+        Without positions, ``resid_out`` restores 1 at every layer by construction (the patch is the clean
+        run's whole state there); pass the other kinds to rank what is informative.
+        """
+        keep = torch.tensor([kinds is None or k_ in kinds for k_ in self.kinds])
+        mask = keep.view(1, -1, *([1] * (self.restored.dim() - 2))).expand_as(self.restored)
+        flat = self.restored.masked_fill(~mask, float("nan")).reshape(-1)
         out = []
         ranked = torch.nan_to_num(flat, nan=float("-inf"))  # a kind missing in a layer is NaN: never "best"
-        for i in ranked.topk(min(k, flat.numel())).indices.tolist():
+        for i in ranked.topk(min(k, int(torch.isfinite(ranked).sum()))).indices.tolist():
             if self.per_position:
                 li, rest = divmod(i, len(self.kinds) * self.restored.shape[2])
                 ki, pos = divmod(rest, self.restored.shape[2])
