@@ -111,7 +111,7 @@ def steer(
     console.print(f"steering vector from {len(texts)} pairs, layers {vec.layers} (d_model {vec.d_model}): "
                   + ", ".join(f"|v{i}| {n:.3g}" for i, n in norms.items()), highlight=False)
     console.print(f"saved: [bold]{out}[/]" + (f"  llama.cpp control vector: {gguf}" if gguf else "")
-                  + f"  use: actlab generate --steer {out} --steer-scale 4 \"...\"", highlight=False)
+                  + f"  use: actlab generate --steer {out} --steer-scale 2 \"...\"", highlight=False)
     if json_out:
         print_json({"out": str(out), "gguf": str(gguf) if gguf else None, "layers": vec.layers,
                     "d_model": vec.d_model, "n_pairs": vec.n_pairs, "position": position,
