@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import actlab
-from actlab.interp.cdt import CDTError, decompose
+from actlab.interp.cdt import CDTError, decompose, sign_split
 
 SEQ = 12
 
@@ -78,7 +78,7 @@ def test_every_head_and_neuron_of_a_layer_as_sources(llama):
     ids = _ids(llama)
     n_heads, d_ff = llama.config.num_attention_heads, llama.config.intermediate_size
     d = decompose(llama, ids, relevant_positions=[], relevant_heads={0: list(range(n_heads))},
-                  relevant_neurons={0: list(range(d_ff))})
+                  relevant_neurons={0: list(range(d_ff))}, stabilize=False)  # the stabiliser would move entries
     with torch.no_grad():
         embed = llama.model.embed_tokens(ids.unsqueeze(0))
     assert _max_rel(d.relevant[0], d.full[0] - embed) < 1e-5
@@ -115,3 +115,30 @@ def test_an_unknown_token_id_is_refused(llama):
     d = decompose(llama, _ids(llama), relevant_positions=[1])
     with pytest.raises(CDTError, match="vocabulary"):
         d.logit_attribution(10**6)
+
+
+def test_the_stabiliser_keeps_the_sum_and_bounds_the_parts():
+    g = torch.Generator().manual_seed(0)
+    rel, irrel = torch.randn(4, 50, generator=g) * 100, torch.randn(4, 50, generator=g) * 100
+    r, i = sign_split(rel, irrel)
+    assert torch.allclose(r + i, rel + irrel, atol=1e-4)
+    assert bool((r * i >= 0).all()) and bool((r.abs() <= (rel + irrel).abs() + 1e-4).all())
+    same = (rel * irrel) >= 0
+    assert torch.equal(r[same], rel[same])  # entries of one sign are left alone
+
+
+@pytest.mark.parametrize("stabilize", [True, False])
+def test_float64_parts_sum_tighter(llama, stabilize):
+    d = decompose(llama, _ids(llama), relevant_positions=[3], dtype=torch.float64, stabilize=stabilize)
+    assert d.relevant[0].dtype == torch.float64 and d.max_error < 1e-5
+
+
+@pytest.mark.slow
+def test_smollm2_parts_stay_bounded_and_sum(smollm2):
+    model, tok = smollm2
+    ids = torch.tensor(tok.encode("The Eiffel Tower is in the city of"))
+    for positions in ([0], [1, 2, 3]):  # position 0 carries the massive activations
+        d = decompose(model, ids, relevant_positions=positions)
+        assert d.max_error < 1e-4
+        for r, full in zip(d.relevant, d.full, strict=True):
+            assert float(r.abs().max()) <= 1.001 * float(full.abs().max())

@@ -29,6 +29,10 @@ from actlab.activations.sites import resolve_sites
 LM_HEAD_KINDS: tuple[str, ...] = ("mlp.act_out", "mlp.down_in")
 
 
+class _Enough(Exception):
+    """Raised by a hook to end a forward pass once every wanted site has been seen."""
+
+
 class BrowserDataError(ValueError):
     """A neuron selection that does not fit the site (an index past its width, an empty selection)."""
 
@@ -84,16 +88,29 @@ def _context_acts(model: nn.Module, windows: torch.Tensor, wanted: dict[str, lis
     out: dict[tuple[str, int, int], dict[str, Any]] = {}
     device = next(model.parameters()).device
     body = getattr(model, "base_model", model)  # every site is in the backbone: the LM head is not needed
-    with capture(model, sites=list(wanted)) as cap:
+    sites = resolve_sites(model, list(wanted))
+    last = max(sites.values(), key=lambda s: s.layer).layer
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(site: Any, x: torch.Tensor) -> None:
+        seen[site.name] = x.detach()
+        if len(seen) == len(sites) and site.layer == last:
+            raise _Enough  # the layers above the deepest site change nothing shown: skip them
+
+    with capture(model, sites=sites, fn=grab):
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
             ids = windows[chunk]  # [chunk, seq]
-            body(input_ids=ids.to(device), use_cache=False)
+            seen.clear()
+            try:
+                body(input_ids=ids.to(device), use_cache=False)
+            except _Enough:
+                pass
             for row, w in enumerate(chunk):
                 for site, neuron, k, c in by_window[w]:
                     pos = int(c.position)
                     lo, hi = max(0, pos - before), min(seq, pos + after + 1)
-                    acts = cap.tensors[site][row, lo:hi, neuron].float()  # [hi - lo]
+                    acts = seen[site][row, lo:hi, neuron].float()  # [hi - lo]
                     out[(site, neuron, k)] = {"ids": ids[row, lo:hi].tolist(), "acts": acts.tolist(),
                                               "center": pos - lo, "window": w, "position": pos, "value": _f(c.value)}
             _advance(bar, len(chunk))

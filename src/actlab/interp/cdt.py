@@ -20,6 +20,8 @@ attention              softmax weights from the full input held fixed, applied t
                        each part (q, k and the rotary embedding only shape those weights)
 activation ``f``       ``γ -> f(γ)``, ``β -> f(β + γ) - f(γ)`` (interactions go to β)                yes (sum)
 gate product ``a·u``   ``γ -> a_γ u_γ``, ``β -> a u - a_γ u_γ`` (every cross term goes to β)         yes (sum)
+stabiliser             after each sublayer, entries where β and γ have opposite signs go wholly to  yes (sum)
+                       the larger part (the CD-T authors' ``normalize_rel_irrel``; ``stabilize=``)
 =====================  ===========================================================================  =========
 
 What is approximated, then, is *how* the sum is divided, never the sum: the norm statistics and the
@@ -113,11 +115,12 @@ class Decomposition:
 
 def linear_split(rel: torch.Tensor, irrel: torch.Tensor, module: nn.Module, tol: float = 1e-12) -> Parts:
     """``module(rel + irrel)`` split: the weight applied to each part, the bias shared by ``|Wβ| : |Wγ|``."""
-    w = linear_weight(module)
+    w = linear_weight(module).to(rel.dtype)
     r, i = F.linear(rel, w), F.linear(irrel, w)
     bias = getattr(module, "bias", None)
     if bias is None:
         return r, i
+    bias = bias.to(rel.dtype)
     share = r.abs() / (r.abs() + i.abs() + tol)
     r_bias = bias * share
     return r + r_bias, i + (bias - r_bias)  # γ takes the remainder, so the two biases sum to b exactly
@@ -135,12 +138,12 @@ def rmsnorm_split(rel: torch.Tensor, irrel: torch.Tensor, norm: nn.Module) -> Pa
     if eps is None or weight is None:
         raise CDTError(f"{type(norm).__name__} is not an RMSNorm with a weight and an epsilon; CD-T here "
                        "supports llama-style RMSNorm layers only")
-    inv = torch.rsqrt(total.float().pow(2).mean(-1, keepdim=True) + eps).to(total.dtype)  # [batch, seq, 1]
+    inv = torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps)  # [batch, seq, 1]
     own = norm(total)
-    for scale in (weight, 1.0 + weight):
-        r, i = rel * inv * scale, irrel * inv * scale
-        if torch.allclose(r + i, own, rtol=1e-4, atol=1e-5 * float(own.abs().max()) + 1e-6):
-            return r, i
+    for scale in (weight.to(total.dtype), 1.0 + weight.to(total.dtype)):
+        # checked on the total, not on r + i: the parts may cancel, and their sum's rounding is not the norm's
+        if torch.allclose(total * inv * scale, own.to(total.dtype), rtol=1e-4, atol=1e-5 * float(own.abs().max()) + 1e-6):
+            return rel * inv * scale, irrel * inv * scale
     raise CDTError(f"{type(norm).__name__} does not compute weight * x / rms(x): CD-T here supports "
                    "RMSNorm (llama's weight or gemma's 1 + weight) only")
 
@@ -155,6 +158,20 @@ def product_split(a: Parts, u: Parts) -> Parts:
     """``(a_β + a_γ)(u_β + u_γ)`` split: γ keeps ``a_γ u_γ``, β every term that involves a relevant part."""
     i = a[1] * u[1]
     return (a[0] + a[1]) * (u[0] + u[1]) - i, i
+
+
+def sign_split(rel: torch.Tensor, irrel: torch.Tensor) -> Parts:
+    """Where β and γ have opposite signs, give the whole sum to the larger of the two (CD-T's stabiliser).
+
+    The sum is unchanged and afterwards ``|β|, |γ| <= |β + γ|`` entrywise. Without it, parts that cancel
+    grow layer by layer: each norm divides them by the RMS of their *sum*, and the gate product is
+    quadratic in them (on SmolLM2 they pass 1e300 by layer 19).
+    """
+    opposite = rel * irrel < 0
+    rel_wins = opposite & (rel.abs() >= irrel.abs())
+    total = rel + irrel
+    r = torch.where(rel_wins, total, torch.where(opposite, torch.zeros_like(rel), rel))
+    return r, total - r
 
 
 def _to_relevant(parts: Parts, index: list[int], dim: int) -> Parts:
@@ -195,13 +212,19 @@ def _mlp_split(layer: nn.Module, ad: Adapter, parts: Parts, neurons: list[int]) 
 
 
 def layer_split(layer: nn.Module, ad: Adapter, parts: Parts, probs: torch.Tensor,
-                heads: list[int] = (), neurons: list[int] = ()) -> Parts:  # type: ignore[assignment]
-    """One decoder layer applied to ``(β, γ)``: returns the two parts of its output."""
+                heads: list[int] = (), neurons: list[int] = (),  # type: ignore[assignment]
+                stabilize: bool = True) -> Parts:
+    """One decoder layer applied to ``(β, γ)``: returns the two parts of its output.
+
+    ``stabilize``: :func:`sign_split` the residual stream after each sublayer.
+    """
     n = rmsnorm_split(*parts, layer.input_layernorm)
     a = _attention_split(layer, ad, n, probs, list(heads))
     mid = (parts[0] + a[0], parts[1] + a[1])
+    mid = sign_split(*mid) if stabilize else mid
     m = _mlp_split(layer, ad, rmsnorm_split(*mid, layer.post_attention_layernorm), list(neurons))
-    return mid[0] + m[0], mid[1] + m[1]
+    out = (mid[0] + m[0], mid[1] + m[1])
+    return sign_split(*out) if stabilize else out
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -249,6 +272,7 @@ def _layer_input(layer: nn.Module, store: dict[str, torch.Tensor]) -> Iterator[N
 
 
 def _rel_error(parts: Parts, full: torch.Tensor) -> float:
+    full = full.to(parts[0].dtype)
     return float((parts[0] + parts[1] - full).abs().max() / full.abs().max().clamp_min(1e-30))
 
 
@@ -260,6 +284,8 @@ def decompose(
     layer_start: int = 0,
     relevant_heads: dict[int, list[int]] | None = None,
     relevant_neurons: dict[int, list[int]] | None = None,
+    dtype: torch.dtype | None = None,
+    stabilize: bool = True,
 ) -> Decomposition:
     """Split the residual stream at ``layer_start`` by input position and propagate both parts to the logits.
 
@@ -271,6 +297,11 @@ def decompose(
         layer_start: the layer where the split is made (0: the token embeddings).
         relevant_heads: ``{layer: [head, ...]}``: those heads' whole outputs join β where they are written.
         relevant_neurons: ``{layer: [neuron, ...]}``: those MLP neurons' (inputs of down) likewise.
+        dtype: the parts' dtype (default: the model's). ``torch.float64`` keeps the rounding of the split
+            far below the model's own, where the parts are large and cancel (massive activations).
+        stabilize: after each sublayer, where β and γ of the residual stream have opposite signs, give
+            the sum to the larger (:func:`sign_split`, as the CD-T authors do). Off, the parts of a real
+            model can grow without bound (each norm divides them by the RMS of their sum).
 
     Raises:
         CDTError: unsupported architecture, a position or layer out of range, or a source index out of range.
@@ -307,13 +338,14 @@ def decompose(
         raise CDTError(f"{type(model).__name__} returned no attention weights with eager attention")
     full = [cap.tensors[s] for s in sites]
 
-    h = store["x"]  # [batch, seq, d_model]
+    h = store["x"].to(dtype or store["x"].dtype)  # [batch, seq, d_model]
     mask = torch.zeros(t, dtype=torch.bool, device=h.device)
     mask[[p % t for p in relevant_positions]] = True
     parts: Parts = (h * mask[:, None], h * ~mask[:, None])
     rel, irrel, err = [], [], 0.0
     for i in range(layer_start, n_layers):
-        parts = layer_split(layers[i], ad, parts, out.attentions[i], heads.get(i, []), neurons.get(i, []))
+        probs = out.attentions[i].to(h.dtype)
+        parts = layer_split(layers[i], ad, parts, probs, heads.get(i, []), neurons.get(i, []), stabilize)
         err = max(err, _rel_error(parts, full[i - layer_start]))
         rel.append(parts[0])
         irrel.append(parts[1])
@@ -324,4 +356,5 @@ def decompose(
     final = rmsnorm_split(*parts, model.get_submodule(norm_path))
     logits = linear_split(*final, model.get_submodule(head_path))
     err = max(err, _rel_error(logits, out.logits))
-    return Decomposition(list(range(layer_start, n_layers)), rel, irrel, full, logits[0], logits[1], out.logits, err)
+    return Decomposition(list(range(layer_start, n_layers)), rel, irrel, full, logits[0], logits[1],
+                         out.logits.to(h.dtype), err)

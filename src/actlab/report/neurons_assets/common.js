@@ -28,6 +28,13 @@ var actlab = (function () {
     if (a !== 0 && (a < 1e-3 || a >= 1e5)) return x.toExponential(2);
     return x.toFixed(digits === undefined ? 3 : digits);
   }
+  // two significant digits, for axis ticks (the records' bins reach 1e-3 around zero)
+  function tick(x) {
+    if (x === null || x === undefined || x !== x) return "-";
+    if (x === 0) return "0";
+    var a = Math.abs(x);
+    return a < 1e-2 || a >= 1e4 ? x.toExponential(0) : String(Number(x.toPrecision(2)));
+  }
   function pct(x) { return x === null || x === undefined ? "-" : (100 * x).toFixed(2) + "%"; }
   // a token as shown: whitespace made visible where it would vanish
   function showToken(t) {
@@ -40,5 +47,5 @@ var actlab = (function () {
     if (onerror) s.onerror = onerror;
     document.head.appendChild(s);
   }
-  return {el: el, svg: svg, fmt: fmt, pct: pct, showToken: showToken, hashParams: hashParams, loadScript: loadScript};
+  return {el: el, svg: svg, fmt: fmt, tick: tick, pct: pct, showToken: showToken, hashParams: hashParams, loadScript: loadScript};
 })();

@@ -38,7 +38,7 @@
     Object.keys(ticks).forEach(function (k) {
       var i = +k;
       root.appendChild(A.svg("text", {x: x(i), y: H - 8, "text-anchor": i === 0 ? "start" : i === n ? "end" : "middle",
-                                      text: A.fmt(edges[i], 2)}));
+                                      text: A.tick(edges[i])}));
     });
     for (var j = 0; j < n; j++) {
       if (d.mean >= edges[j] && d.mean <= edges[j + 1]) {
