@@ -19,6 +19,9 @@ _USER_ERRORS: list[tuple[str, str]] = [
     ("actlab.sparsity.errors", "PlanError"),
     ("actlab.train.errors", "TrainError"),
     ("actlab.engine.llamacpp", "LlamaCppError"),
+    ("actlab.interp.ablate", "InterventionError"),
+    ("actlab.interp.patching", "PatchingError"),
+    ("actlab.interp.steering", "SteeringError"),
 ]
 
 

@@ -30,6 +30,8 @@ _COMMANDS: list[tuple[str, str]] = [
     ("bench", "bench"),
     ("optimize", "optimize"),
     ("train", "train"),
+    ("patch", "patch"),
+    ("steer", "steer"),
 ]
 
 
