@@ -82,7 +82,12 @@ def _solve_components(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 def nonneg_codes(x: torch.Tensor, components: torch.Tensor, iters: int = 300) -> torch.Tensor:
     """Nonnegative least-squares codes ``G ≥ 0`` with ``x ≈ G Fᵀ`` for fixed ``F = components``."""
     x64, f = x.double(), components.double()
-    g = (x64 @ f).clamp_min(0) + 0.1 * x64.abs().mean()  # a positive start: multiplicative updates keep zeros
+    ff = f.T @ f
+    ridge = 1e-9 * ff.diagonal().mean().clamp_min(_EPS)
+    g_ls = torch.linalg.solve(ff + ridge * torch.eye(f.shape[1], dtype=f.dtype), f.T @ x64.T).T  # unconstrained LS
+    # start from the least-squares codes projected onto g >= 0 (the updates converge slowly from far away), kept
+    # positive because a multiplicative update never moves an entry off zero
+    g = g_ls.clamp_min(0) + 1e-3 * g_ls.abs().mean()
     for _ in range(iters):
         g = _update_codes(x64, f, g)
     return g.to(x.dtype)
