@@ -30,6 +30,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("bench", "bench"),
     ("optimize", "optimize"),
     ("train", "train"),
+    ("neurons", "neurons"),
     ("patch", "patch"),
     ("steer", "steer"),
 ]
