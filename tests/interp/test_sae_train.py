@@ -130,6 +130,24 @@ def test_aux_loss_revives_dead_latents():
     assert run(aux_coef=1.0) < 0.1
 
 
+def test_massive_tokens_are_left_out_of_training():
+    atoms = _dictionary(32, 16, seed=5)
+
+    def with_sinks():  # every 100th token an attention-sink-like outlier, norm ~1000x the others
+        for chunk in _sparse_source(atoms, 2, chunk=500):
+            chunk[::100] *= 1000.0
+            yield chunk
+
+    sae = SparseAutoencoder(SAEConfig(d_in=16, d_sae=32, k=2), seed=0)
+    r = train_sae(with_sinks(), sae, SAETrainArgs(max_tokens=5_000, batch_size=100, buffer_batches=4))
+    assert r.dropped == r.tokens // 100
+    assert r.input_scale == 1.0  # set from the kept tokens: the outliers make it 2**-6 (below)
+    kept = SparseAutoencoder(SAEConfig(d_in=16, d_sae=32, k=2), seed=0)
+    r_all = train_sae(with_sinks(), kept, SAETrainArgs(max_tokens=5_000, batch_size=100, buffer_batches=4,
+                                                       max_norm_ratio=None))
+    assert r_all.dropped == 0 and r_all.input_scale <= 1 / 32
+
+
 def test_source_must_match_width():
     sae = SparseAutoencoder(SAEConfig(d_in=8, d_sae=16, k=2))
     with pytest.raises(SAEError, match="activations are 9 wide"):

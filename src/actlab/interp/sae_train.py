@@ -142,7 +142,10 @@ class SAETrainArgs:
     time) or the end of the source, whichever comes first; the learning-rate schedule follows the fraction of
     that budget used (linear warmup over ``warmup`` of it, linear decay to 0 over the last ``decay``).
 
-    ``lr=None`` is Gao et al.'s scaling, 2e-4 · sqrt(2^14 / d_sae).
+    ``lr=None`` is Gao et al.'s scaling, 2e-4 · sqrt(2^14 / d_sae). ``max_norm_ratio``: tokens whose norm exceeds
+    this many times the median norm of the first tokens read are left out (``SAETrainResult.dropped``): SmolLM2's
+    residual stream has attention-sink tokens of norm ~2.5e4 (median ~170) inside some windows too, and one of
+    them in a batch dominates its loss and its gradient. None keeps every token.
     """
 
     max_tokens: int | None = None
@@ -157,6 +160,7 @@ class SAETrainArgs:
     k_aux: int | None = None
     dead_tokens: int = 100_000
     threshold_lr: float = 0.01
+    max_norm_ratio: float | None = 10.0
     log_every: int = 20
     seed: int = 0
 
@@ -189,6 +193,7 @@ class SAETrainResult:
     fvu: float  # over the last log interval's batches
     l0: float
     dead_fraction: float  # no firing in the last min(dead_tokens, tokens_trained) training tokens
+    dropped: int = 0  # tokens left out for a norm above max_norm_ratio × the median
     log: list[dict[str, float]] = field(default_factory=list, repr=False)
     fire_counts: torch.Tensor | None = field(default=None, repr=False)
 
@@ -211,7 +216,16 @@ class _Ring:
         self.source, self.capacity = iter(source), capacity
         self.pending: list[torch.Tensor] = []
         self.data: torch.Tensor | None = None
-        self.size = self.pos = self.read = 0
+        self.size = self.pos = self.read = self.dropped = 0
+        self.max_norm: float | None = None
+
+    def keep(self, chunk: torch.Tensor) -> torch.Tensor:
+        """``chunk`` without the tokens above ``max_norm`` (counted in ``dropped``)."""
+        if self.max_norm is None:
+            return chunk
+        ok = chunk.norm(dim=1) <= self.max_norm
+        self.dropped += int((~ok).sum())
+        return chunk if bool(ok.all()) else chunk[ok]
 
     def pull(self, n: int) -> torch.Tensor | None:
         have = sum(c.shape[0] for c in self.pending)
@@ -220,6 +234,8 @@ class _Ring:
             if chunk is None:
                 break
             chunk = chunk.reshape(-1, chunk.shape[-1]).float()
+            self.read += chunk.shape[0]  # tokens read from the source, kept or not
+            chunk = self.keep(chunk)
             self.pending.append(chunk)
             have += chunk.shape[0]
         if have == 0:
@@ -227,7 +243,6 @@ class _Ring:
         cat = torch.cat(self.pending)
         out, rest = cat[:n], cat[n:]
         self.pending = [rest] if rest.shape[0] else []
-        self.read += out.shape[0]
         return out
 
     def put(self, x: torch.Tensor) -> None:
@@ -301,6 +316,10 @@ def train_sae(source: Iterable[torch.Tensor], sae: SparseAutoencoder, args: SAET
         raise SAEError("the activation source gave no tokens; pass more windows (--tokens)")
     if first.shape[1] != c.d_in:
         raise SAEError(f"activations are {first.shape[1]} wide, the SAE reads d_in={c.d_in}")
+    if args.max_norm_ratio is not None:
+        ring.max_norm = args.max_norm_ratio * float(first.norm(dim=1).median())
+        first = ring.keep(first)
+        ring.pending = [ring.keep(p) for p in ring.pending]
     ring.put(first)
     if init:
         sae.set_input_scale(first)
@@ -394,7 +413,7 @@ def train_sae(source: Iterable[torch.Tensor], sae: SparseAutoencoder, args: SAET
     sae.eval()
     return SAETrainResult(steps=steps, tokens=ring.read, tokens_trained=trained,
                           seconds=time.perf_counter() - start, lr=lr0, input_scale=float(sae.input_scale), fvu=fvu,
-                          l0=l0, dead_fraction=dead_frac, log=log, fire_counts=fire_counts)
+                          l0=l0, dead_fraction=dead_frac, dropped=ring.dropped, log=log, fire_counts=fire_counts)
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
