@@ -9,8 +9,11 @@ through a bounded shuffle buffer, for ``--max-seconds`` of wall time at ``--thre
 is trained on ``--reuse`` times on average, since the model's forward, not the SAE step, is the cost on a
 CPU. The **first position of every window is excluded** from training, evaluation and splicing (its
 residual stream carries SmolLM2's massive activation, ~2.5e4 in one channel: the attention sink that SAELens
-and the papers also leave out; at those positions the model keeps its own activation). Inputs are scaled by
-a power of two to mean squared norm ≈ d_in (folded into the saved weights).
+and the papers also leave out; at those positions the model keeps its own activation). The calib windows
+also hold such attention-sink tokens past position 0 (document starts in the packed stream): training leaves
+out tokens whose norm is above 10× the median (``SAETrainArgs.max_norm_ratio``, counted as ``dropped``); the
+eval windows hold none (largest norm past position 0: 244, median 170). Inputs are scaled by a power of two to
+mean squared norm ≈ d_in (folded into the saved weights).
 
 Evaluated on the disjoint **eval split**: FVU = Σ‖x − x̂‖² / Σ‖x − mean‖², L0, and next-token loss over the
 targets after a spliced position: clean, spliced, zero- and mean-ablated (recovered = (ablated − spliced) /
