@@ -44,6 +44,19 @@ _EXPORTS: dict[str, str] = {
     "train": "actlab.train.loop",
     "TrainArgs": "actlab.train.loop",
     "TrainResult": "actlab.train.loop",
+    "record_neurons": "actlab.interp.records",
+    "decode_neurons": "actlab.interp.lm_head",
+    "logit_lens": "actlab.interp.lm_head",
+    "intervene": "actlab.interp.ablate",
+    "ablation_effect": "actlab.interp.ablate",
+    "patch_map": "actlab.interp.patching",
+    "steering_vector": "actlab.interp.steering",
+    "SteeringVector": "actlab.interp.steering",
+    "apply_steering": "actlab.interp.steering",
+    "export_control_vector": "actlab.interp.control_vector",
+    "decompose": "actlab.interp.cdt",
+    "SparseAutoencoder": "actlab.interp.sae",
+    "train_sae": "actlab.interp.sae_train",
 }
 
 

@@ -24,6 +24,8 @@ _USER_ERRORS: list[tuple[str, str]] = [
     ("actlab.interp.cdt", "CDTError"),
     ("actlab.interp.browser_data", "BrowserDataError"),
     ("actlab.report.neurons_html", "NeuronSiteError"),
+    ("actlab.interp.sae", "SAEError"),
+    ("actlab.interp.nmf", "NMFError"),
     ("actlab.interp.ablate", "InterventionError"),
     ("actlab.interp.patching", "PatchingError"),
     ("actlab.interp.steering", "SteeringError"),

@@ -33,6 +33,7 @@ _COMMANDS: list[tuple[str, str]] = [
     ("neurons", "neurons"),
     ("patch", "patch"),
     ("steer", "steer"),
+    ("sae", "sae"),
 ]
 
 
