@@ -28,6 +28,7 @@ from actlab.activations.massive import MassiveConfig, MassiveTracker
 from actlab.activations.sites import Site, resolve_sites
 from actlab.activations.stats import SiteStats, StatsConfig
 from actlab.models.adapters import linear_weight
+from actlab.progress import progress_bar
 
 FORMAT = "actlab.profile/1"
 
@@ -136,7 +137,7 @@ def profile_model(
     body = getattr(model, "base_model", model)
     n = windows.shape[0]
     start = time.perf_counter()
-    with _progress(progress, n * windows.shape[1]) as advance, torch.inference_mode():
+    with progress_bar(progress, n * windows.shape[1], "profiling", unit="tokens", transient=False) as advance, torch.inference_mode():
         with capture(model, sites=resolved, fn=observe):
             for i in range(0, n, batch_size):
                 batch = windows[i : i + batch_size]
@@ -151,26 +152,3 @@ def profile_model(
     return Profile(resolved, stats, tracker, config, meta)
 
 
-class _progress:
-    """A rich progress bar counting tokens, or a no-op."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda k: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(  # its own stderr console: the library does not import the CLI
-            TextColumn("profiling"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-            TimeRemainingColumn(), console=Console(stderr=True), transient=False,
-        )
-        self._bar.__enter__()
-        task = self._bar.add_task("profile", total=self.total)
-        return lambda k: self._bar.advance(task, k)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)

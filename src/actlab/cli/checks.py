@@ -80,3 +80,24 @@ def out_dir(out: str | os.PathLike, overwrite: bool, expect: Iterable[str] = ())
             check_writable(out, overwrite, expect)
     except OutputError as e:
         fail(str(e))
+
+
+def parse_range(name: str, spec: str) -> list[int]:
+    """``"0-3"``, ``"1,4,7"`` or ``"0-2,8"`` as a sorted list of distinct ints; a bad spec fails with one line.
+
+    Example:
+        >>> parse_range("--layers", "0-2,5")
+        [0, 1, 2, 5]
+    """
+    found: set[int] = set()
+    try:
+        for part in spec.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            a = int(lo)
+            b = int(hi) if sep else a
+            if a < 0 or b < a:
+                raise ValueError
+            found.update(range(a, b + 1))
+    except ValueError:
+        fail(f"{name} {spec!r} is not a list of indices or ranges; write e.g. 0-3 or 0,2,5")
+    return sorted(found)

@@ -8,28 +8,8 @@ from pathlib import Path
 import typer
 
 from actlab.cli import checks
+from actlab.cli.checks import parse_range
 from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
-
-
-def parse_range(name: str, spec: str) -> list[int]:
-    """``"0-3"``, ``"1,4,7"`` or ``"0-2,8"`` as a sorted list of distinct ints; a bad spec fails with one line.
-
-    Example:
-        >>> parse_range("--layers", "0-2,5")
-        [0, 1, 2, 5]
-    """
-    found: set[int] = set()
-    try:
-        for part in spec.split(","):
-            lo, sep, hi = part.strip().partition("-")
-            a = int(lo)
-            b = int(hi) if sep else a
-            if a < 0 or b < a:
-                raise ValueError
-            found.update(range(a, b + 1))
-    except ValueError:
-        fail(f"{name} {spec!r} is not a list of indices or ranges; write e.g. 0-3 or 0,2,5")
-    return sorted(found)
 
 
 def neurons(

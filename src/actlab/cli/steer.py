@@ -11,26 +11,6 @@ from actlab.cli import checks
 from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
 
 
-def parse_layers(spec: str) -> list[int]:
-    """``"6-10"``, ``"6,8"`` or ``"1-3,7"`` as sorted distinct layer indices; a bad spec fails with one line.
-
-    Example:
-        >>> parse_layers("6-8,12")
-        [6, 7, 8, 12]
-    """
-    found: set[int] = set()
-    try:
-        for part in spec.split(","):
-            lo, sep, hi = part.strip().partition("-")
-            a, b = int(lo), int(hi) if sep else int(lo)
-            if a < 0 or b < a:
-                raise ValueError
-            found.update(range(a, b + 1))
-    except ValueError:
-        fail(f"--layers {spec!r} is not a list of layers or ranges; write e.g. 6-10 or 6,8,10")
-    return sorted(found)
-
-
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     """Contrastive pairs from a JSONL file: one ``{"positive": ..., "negative": ...}`` or ``[pos, neg]`` a line."""
     if not path.is_file():
@@ -80,7 +60,7 @@ def steer(
     """
     checks.at_least("--threads", threads, 0)
     checks.one_of("--position", position, ("last", "mean"))
-    chosen = parse_layers(layers)
+    chosen = checks.parse_range("--layers", layers)
     texts = read_pairs(pairs)
     if gguf is not None and gguf.suffix.lower() != ".gguf":
         fail(f"--gguf {gguf} must end in .gguf")

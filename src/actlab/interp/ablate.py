@@ -37,8 +37,9 @@ from actlab.activations.sites import Site, SiteError, resolve_sites
 from actlab.models.adapters import get_adapter, linear_weight
 from actlab.models.scoring import lm_logits, model_device
 from actlab.models.wrappers import unwrap
+from actlab.progress import progress_bar
 
-__all__ = ["MODES", "AblationEffect", "InterventionError", "Mode", "ablation_effect", "intervene", "progress_bar",
+__all__ = ["MODES", "AblationEffect", "InterventionError", "Mode", "ablation_effect", "intervene",
            "register_mode", "resolve_one_site", "site_means", "site_width"]
 
 
@@ -334,18 +335,3 @@ def ablation_effect(
         tokens=n_pos, tokens_most_affected=_top(mean_delta, top_tokens, True, by_abs=True),
         tokens_suppressed=_top(mean_delta, top_tokens, False), tokens_promoted=_top(mean_delta, top_tokens, True),
     )
-
-
-@contextmanager
-def progress_bar(enabled: bool, total: int, label: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (stdout stays clean for ``--json``); yields ``advance(n)``, a no-op if off."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n=1: bar.advance(task, n)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from torch import nn
 
 from actlab.activations.hooks import capture
 from actlab.activations.sites import resolve_sites
+from actlab.progress import progress_bar
 
 #: site kinds whose channels are MLP neurons, decoded through the LM head by their down-projection column
 LM_HEAD_KINDS: tuple[str, ...] = ("mlp.act_out", "mlp.down_in")
@@ -35,23 +35,6 @@ class _Enough(Exception):
 
 class BrowserDataError(ValueError):
     """A neuron selection that does not fit the site (an index past its width, an empty selection)."""
-
-
-def _progress(enabled: bool, total: int, label: str) -> Any:
-    if not enabled:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=Console(stderr=True), transient=True)
-    bar.add_task(label, total=total)
-    return bar
-
-
-def _advance(bar: Any, n: int = 1) -> None:
-    if bar is not None:
-        bar.advance(bar.task_ids[0], n)
 
 
 def _decoder(tok: Any) -> Callable[[int], str]:
@@ -76,7 +59,7 @@ def _pairs(pairs: Sequence[Any], text: Callable[[int], str]) -> list[list[Any]]:
 
 @torch.no_grad()
 def _context_acts(model: nn.Module, windows: torch.Tensor, wanted: dict[str, list[tuple[int, Any]]],
-                  before: int, after: int, batch_size: int, bar: Any) -> dict[tuple[str, int, int], dict[str, Any]]:
+                  before: int, after: int, batch_size: int, advance: Callable[[int], None]) -> dict[tuple[str, int, int], dict[str, Any]]:
     """Token ids and one neuron's activations around each wanted context: ``{(site, neuron, k): ...}``."""
     by_window: dict[int, list[tuple[str, int, int, Any]]] = {}
     for site, items in wanted.items():
@@ -113,7 +96,7 @@ def _context_acts(model: nn.Module, windows: torch.Tensor, wanted: dict[str, lis
                     acts = seen[site][row, lo:hi, neuron].float()  # [hi - lo]
                     out[(site, neuron, k)] = {"ids": ids[row, lo:hi].tolist(), "acts": acts.tolist(),
                                               "center": pos - lo, "window": w, "position": pos, "value": _f(c.value)}
-            _advance(bar, len(chunk))
+            advance(len(chunk))
     return out
 
 
@@ -167,8 +150,8 @@ def build_site_data(
     wanted = {s: [(i, records[s].top(i)) for i in idx] for s, idx in chosen.items()}
     n_top = {(s, i): len(cs) for s, items in wanted.items() for i, cs in items}
     n_windows = len({int(c.window) for items in wanted.values() for _, cs in items for c in cs})
-    with _progress(progress, n_windows, "contexts") as bar:
-        ctx = _context_acts(model, windows, wanted, before, after, batch_size, bar)
+    with progress_bar(progress, n_windows, "contexts") as advance:
+        ctx = _context_acts(model, windows, wanted, before, after, batch_size, advance)
 
     decoded: dict[str, Any] = {}
     if site_kind in LM_HEAD_KINDS:
@@ -181,7 +164,7 @@ def build_site_data(
 
     out: list[dict[str, Any]] = []
     total = sum(len(v) for v in chosen.values())
-    with _progress(progress, total, "neurons") as bar:
+    with progress_bar(progress, total, "neurons") as advance:
         for site, idx in chosen.items():
             rec, layer = records[site], int(site.split(".")[1])
             for i in idx:
@@ -206,5 +189,5 @@ def build_site_data(
                     "top_contexts": [c for c in contexts if math.isfinite(c["value"])],
                     "lm_head": lm, "ablation": ab,
                 })
-                _advance(bar)
+                advance(1)
     return {"model": model_name, "site_kind": site_kind, "n_tokens": int(windows.numel()), "neurons": out}

@@ -32,8 +32,8 @@ from torch import nn
 
 from actlab.activations.hooks import capture
 from actlab.activations.sites import KINDS, Site, SiteError, resolve_sites
-from actlab.interp.ablate import progress_bar
 from actlab.models.scoring import lm_logits, model_device
+from actlab.progress import progress_bar
 
 __all__ = ["DEFAULT_KINDS", "PatchMap", "PatchingError", "draw_patch_map", "patch_effect", "patch_map",
            "single_token"]

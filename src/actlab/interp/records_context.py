@@ -17,7 +17,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import nn
@@ -26,33 +25,11 @@ from actlab.activations.hooks import capture
 from actlab.activations.sites import Site, SiteError, resolve_sites
 from actlab.interp.records import Context, NeuronRecords, RecordsConfig, RecordsError
 from actlab.models.adapters import act_function, get_adapter
+from actlab.progress import progress_bar
 
 __all__ = ["context_activations", "one_site", "record_neurons"]
 
 _RELU_LIKE = ("relu", "relu2", "fatrelu")
-
-
-class _progress:
-    """A rich progress bar on stderr counting tokens, or a no-op."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda k: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._bar = Progress(TextColumn("neuron records"), BarColumn(), MofNCompleteColumn(), TextColumn("tokens"),
-                             TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-        self._bar.__enter__()
-        task = self._bar.add_task("records", total=self.total)
-        return lambda k: self._bar.advance(task, k)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self._bar.__exit__(*exc)
 
 
 def _default_freq_eps(model: nn.Module, site: Site, config: RecordsConfig) -> float:
@@ -124,7 +101,7 @@ def record_neurons(
     body = getattr(model, "base_model", model)  # every site is in the backbone: skip the LM head
     device = next(model.parameters()).device
     n, seq = windows.shape
-    with _progress(progress, n * seq) as advance, torch.inference_mode():
+    with progress_bar(progress, n * seq, "neuron records", unit="tokens") as advance, torch.inference_mode():
         with capture(model, sites=resolved, fn=observe):
             for i in range(0, n, batch_size):
                 batch = windows[i : i + batch_size]

@@ -35,10 +35,10 @@ from torch import nn
 
 from actlab.activations.hooks import capture
 from actlab.activations.sites import Site, resolve_sites
-from actlab.interp.ablate import progress_bar
 from actlab.models.adapters import get_adapter
 from actlab.models.scoring import lm_logits, model_device
 from actlab.models.wrappers import unwrap
+from actlab.progress import progress_bar
 
 __all__ = ["POSITIONS", "SteeringError", "SteeringVector", "apply_steering", "steering_vector"]
 
