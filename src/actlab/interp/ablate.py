@@ -39,8 +39,8 @@ from actlab.models.scoring import lm_logits, model_device
 from actlab.models.wrappers import unwrap
 from actlab.progress import progress_bar
 
-__all__ = ["MODES", "AblationEffect", "InterventionError", "Mode", "ablation_effect", "intervene",
-           "register_mode", "resolve_one_site", "site_means", "site_width"]
+__all__ = ["MODES", "AblationEffect", "InterventionError", "Mode", "ablation_effect", "check_windows", "intervene",
+           "register_mode", "resolve_one_site", "rewrite_effect", "site_means", "site_width"]
 
 
 class InterventionError(ValueError):
@@ -293,14 +293,42 @@ def ablation_effect(
         >>> eff.delta_loss, eff.tokens_suppressed[0]                                               # doctest: +SKIP
         (0.004, (1234, -0.31))
     """
-    if windows.dim() != 2 or windows.shape[0] < 1 or windows.shape[1] < 2 or windows.dtype.is_floating_point:
-        raise InterventionError(f"windows must be integer token ids [n_windows, seq_len >= 2], got "
-                                f"{windows.dtype} {tuple(windows.shape)}")
+    check_windows(windows)
     s = resolve_one_site(model, site)
     if mode == "mean" and means is None:
         _prepare(model, s, neurons, "zero", None, None)  # a bad index fails before the means pass
         means = site_means(model, windows, s, neurons, batch_size)
     s, fn = _prepare(model, s, neurons, mode, value, means)
+    idx = _index(neurons, None, s)
+    return rewrite_effect(model, windows, s, fn, [int(i) for i in idx], mode, batch_size, top_tokens, progress)
+
+
+def check_windows(windows: torch.Tensor) -> None:
+    """Raise InterventionError unless ``windows`` are integer token ids ``[n_windows >= 1, seq_len >= 2]``."""
+    if windows.dim() != 2 or windows.shape[0] < 1 or windows.shape[1] < 2 or windows.dtype.is_floating_point:
+        raise InterventionError(f"windows must be integer token ids [n_windows, seq_len >= 2], got "
+                                f"{windows.dtype} {tuple(windows.shape)}")
+
+
+@torch.no_grad()
+def rewrite_effect(
+    model: nn.Module,
+    windows: torch.Tensor,
+    site: Site,
+    fn: Callable[[Site, torch.Tensor], torch.Tensor],
+    neurons: list[int],
+    mode: str,
+    batch_size: int = 8,
+    top_tokens: int = 10,
+    progress: bool = False,
+) -> AblationEffect:
+    """The measurement behind :func:`ablation_effect` for any rewrite ``fn(site, x) -> x'`` of one site's tensor
+    (a :func:`actlab.capture` hook): next-token loss with and without it, and the tokens it moves.
+    ``neurons`` and ``mode`` only label the result. Callers check ``windows`` (:func:`check_windows`).
+
+    Example:
+        >>> eff = rewrite_effect(model, windows, site, lambda s, x: x * 0.5, [], "halve")   # doctest: +SKIP
+    """
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -312,7 +340,7 @@ def ablation_effect(
             for b in range(0, windows.shape[0], batch_size):
                 batch = windows[b : b + batch_size].to(device=device, dtype=torch.long)  # [B, T]
                 clean = lm_logits(model, batch)  # [B, T, V]
-                with capture(model, sites={s.name: s}, fn=fn):
+                with capture(model, sites={site.name: site}, fn=fn):
                     ablated = lm_logits(model, batch)
                 for row in range(batch.shape[0]):  # one window's log-probs at a time bounds the memory
                     lp_c = F.log_softmax(clean[row, :-1].float(), -1)  # [T-1, V]: predicts tokens 1..T-1
@@ -328,10 +356,9 @@ def ablation_effect(
     finally:
         model.train(was_training)
     mean_delta = delta / n_pos
-    idx = _index(neurons, None, s)
     lc, la = loss["clean"] / n_pos, loss["ablated"] / n_pos
     return AblationEffect(
-        site=s.name, neurons=[int(i) for i in idx], mode=mode, loss_clean=lc, loss_ablated=la, delta_loss=la - lc,
+        site=site.name, neurons=list(neurons), mode=mode, loss_clean=lc, loss_ablated=la, delta_loss=la - lc,
         tokens=n_pos, tokens_most_affected=_top(mean_delta, top_tokens, True, by_abs=True),
         tokens_suppressed=_top(mean_delta, top_tokens, False), tokens_promoted=_top(mean_delta, top_tokens, True),
     )
