@@ -120,3 +120,28 @@ def test_errors(tiny_llama):
         logit_lens(model, torch.tensor([1, 2, 3]), layers=[9])
     with pytest.raises(LMHeadError, match="one non-empty sequence"):
         logit_lens(model, torch.ones(2, 3, dtype=torch.long))
+
+
+def test_decode_site_directions_maps_each_kind_to_the_residual_stream(tiny_llama):
+    from actlab.interp.lm_head import decode_site_directions
+
+    model, _ = tiny_llama
+    _randomise(model.model.norm)
+    d_model = model.model.norm.weight.shape[0]
+    resid = torch.randn(4, d_model)
+    for got, want in zip(decode_site_directions(model, "resid_out", 1, resid, k=6),
+                         decode_directions(model, resid, k=6), strict=True):
+        assert torch.equal(got, want)
+    # one-hot directions in the MLP's hidden space are the neurons themselves: decode_neurons' answer
+    nt = decode_neurons(model, 1, k=6, neurons=[3, 9])
+    hot = torch.zeros(2, model.model.layers[1].mlp.down_proj.weight.shape[1])
+    hot[0, 3] = hot[1, 9] = 1.0
+    for kind in ("mlp.act_out", "mlp.down_in"):
+        top_ids, top_s, bot_ids, _ = decode_site_directions(model, kind, 1, hot, k=6)
+        assert torch.equal(top_ids, nt.top_ids) and torch.equal(bot_ids, nt.bottom_ids)
+        torch.testing.assert_close(top_s, nt.top_scores)
+    assert decode_site_directions(model, "attn.qkv_in", 1, resid, k=6) is None  # no map to the stream
+    with pytest.raises(LMHeadError, match="must be"):
+        decode_site_directions(model, "mlp.down_in", 1, resid, k=6)  # d_model wide, not d_ff
+    with pytest.raises(LMHeadError, match="layer 5 out of range"):
+        decode_site_directions(model, "resid_out", 5, resid)

@@ -37,8 +37,8 @@ from actlab.activations.sites import resolve_sites
 from actlab.models.adapters import get_adapter, linear_weight, role_path
 from actlab.models.wrappers import unwrap
 
-__all__ = ["LMHeadError", "LogitLens", "NeuronTokens", "decode_directions", "decode_neurons", "logit_lens",
-           "norm_linear_part"]
+__all__ = ["RESIDUAL_MAPS", "LMHeadError", "LogitLens", "NeuronTokens", "decode_directions", "decode_neurons",
+           "decode_site_directions", "logit_lens", "norm_linear_part"]
 
 _CHUNK = 256  # directions scored at once: [256, vocab] floats
 
@@ -168,6 +168,50 @@ def _check_layer(layer: int, n: int) -> int:
     return i
 
 
+def _down_weight(model: nn.Module, layer: int) -> torch.Tensor:
+    """The down projection's weight of ``layer`` as ``[d_model, d_ff]`` (a column is a neuron's output direction)."""
+    root = unwrap(model)[0]
+    ad = get_adapter(root)
+    return linear_weight(root.get_submodule(f"{ad.layers}.{layer}.{ad.down}")).detach()
+
+
+#: site kinds whose vectors reach the residual stream by a known linear map, and so can be read through the
+#: LM head: the residual stream itself, and the MLP's hidden state through the layer's down projection (at
+#: ``mlp.act_out`` of a gated MLP each channel is further multiplied by its ``up`` value per token, as it is
+#: for one neuron in :func:`decode_neurons`)
+RESIDUAL_MAPS: tuple[str, ...] = ("resid_out", "mlp.act_out", "mlp.down_in")
+
+
+@torch.no_grad()
+def decode_site_directions(
+    model: nn.Module, site_kind: str, layer: int, directions: torch.Tensor, k: int = 10
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """:func:`decode_directions` of ``directions`` [n, d_site] that live in the space of a site of kind
+    ``site_kind`` at ``layer`` (an SAE's decoder rows, a probe's weights): a residual-stream direction is
+    decoded as is, an MLP-hidden one after the down projection (``W_down @ d``, what :func:`decode_neurons`
+    does with one-hot directions). None for a kind not in :data:`RESIDUAL_MAPS`: no one linear map takes
+    its vectors to the residual stream (the normalised inputs of attention and the MLP, ``attn.o_in``'s heads).
+
+    Raises:
+        LMHeadError: layer out of range, directions of the wrong width, k too large.
+
+    Example:
+        >>> top_ids, _, _, _ = decode_site_directions(model, "mlp.down_in", 0, sae.W_dec[:3], k=5)  # doctest: +SKIP
+        >>> top_ids.shape                                                                          # doctest: +SKIP
+        torch.Size([3, 5])
+    """
+    if site_kind not in RESIDUAL_MAPS:
+        return None
+    layer = _check_layer(layer, _num_layers(model))
+    if site_kind != "resid_out":
+        w_down = _down_weight(model, layer).float()  # [d_model, d_ff]
+        if directions.dim() != 2 or directions.shape[1] != w_down.shape[1]:
+            raise LMHeadError(f"directions at {site_kind} of layer {layer} must be [n, {w_down.shape[1]}], "
+                              f"got {tuple(directions.shape)}")
+        directions = directions.to(w_down.device, torch.float32) @ w_down.T  # [n, d_model]
+    return decode_directions(model, directions, k)
+
+
 @torch.no_grad()
 def decode_neurons(
     model: nn.Module, layer: int, k: int = 10, neurons: Sequence[int] | torch.Tensor | None = None
@@ -188,10 +232,8 @@ def decode_neurons(
         >>> nt.tokens(tok, 417)[0][:2]                            # doctest: +SKIP
         [(' Paris', 0.41), (' France', 0.38)]
     """
-    root = unwrap(model)[0]
-    ad = get_adapter(root)
     layer = _check_layer(layer, _num_layers(model))
-    w_down = linear_weight(root.get_submodule(f"{ad.layers}.{layer}.{ad.down}")).detach()  # [d_model, d_ff]
+    w_down = _down_weight(model, layer)  # [d_model, d_ff]
     d_ff = w_down.shape[1]
     idx = torch.arange(d_ff) if neurons is None else torch.as_tensor(neurons, dtype=torch.long).reshape(-1)
     if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= d_ff:
