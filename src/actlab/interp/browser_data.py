@@ -5,7 +5,8 @@ and the plain-data renderer (:func:`actlab.report.neurons_html.render_site`): it
 renderer documents and knows nothing about HTML.
 
 The activations shown on each token of a context come from one batched pass over the windows the
-top contexts point to (every site at once), not from one forward per context.
+top contexts point to (every site at once), not from one forward per context. The pages of an SAE's
+latents (kind ``"sae"``) are built by :mod:`actlab.interp.browser_sae` from the helpers here.
 
 Example:
     >>> data = build_site_data(model, tok, windows, "mlp.act_out", layers=[0, 1], k=20)   # doctest: +SKIP
@@ -37,7 +38,8 @@ class BrowserDataError(ValueError):
     """A neuron selection that does not fit the site (an index past its width, an empty selection)."""
 
 
-def _decoder(tok: Any) -> Callable[[int], str]:
+def token_text(tok: Any) -> Callable[[int], str]:
+    """``text(id)``: one token decoded alone with ``tok``, cached."""
     cache: dict[int, str] = {}
 
     def text(i: int) -> str:
@@ -52,15 +54,21 @@ def _f(x: Any) -> float:
     return float(x.item() if hasattr(x, "item") else x)
 
 
-def _pairs(pairs: Sequence[Any], text: Callable[[int], str]) -> list[list[Any]]:
+def token_pairs(pairs: Sequence[Any], text: Callable[[int], str]) -> list[list[Any]]:
     """(token, score) pairs with the token as text, whether it came as text or as an id."""
     return [[t if isinstance(t, str) else text(int(t)), _f(s)] for t, s in pairs]
 
 
 @torch.no_grad()
 def _context_acts(model: nn.Module, windows: torch.Tensor, wanted: dict[str, list[tuple[int, Any]]],
-                  before: int, after: int, batch_size: int, advance: Callable[[int], None]) -> dict[tuple[str, int, int], dict[str, Any]]:
-    """Token ids and one neuron's activations around each wanted context: ``{(site, neuron, k): ...}``."""
+                  before: int, after: int, batch_size: int, advance: Callable[[int], None],
+                  transform: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                  ) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """Token ids and one neuron's activations around each wanted context: ``{(site, neuron, k): ...}``.
+
+    ``transform[site]`` maps the site's batch tensor ``[B, T, d]`` to the channels shown ``[B, T, n]`` (an SAE's
+    latents), applied once per batch of windows.
+    """
     by_window: dict[int, list[tuple[str, int, int, Any]]] = {}
     for site, items in wanted.items():
         for neuron, ctxs in items:
@@ -89,6 +97,8 @@ def _context_acts(model: nn.Module, windows: torch.Tensor, wanted: dict[str, lis
                 body(input_ids=ids.to(device), use_cache=False)
             except _Enough:
                 pass
+            for name, f in (transform or {}).items():
+                seen[name] = f(seen[name])
             for row, w in enumerate(chunk):
                 for site, neuron, k, c in by_window[w]:
                     pos = int(c.position)
@@ -134,24 +144,10 @@ def build_site_data(
     windows = getattr(windows, "ids", windows)  # a data.windows.Windows works too
     sites = list(resolve_sites(model, [f"layers.{i}.{site_kind}" for i in layers]))
     records = record_neurons(model, windows, sites=sites, k=k, batch_size=batch_size, progress=progress)
-    text = _decoder(tok)
-    chosen: dict[str, list[int]] = {}
-    for site in sites:
-        width = int(records[site].max.numel())
-        idx = list(range(width)) if neurons is None else [int(i) for i in neurons]
-        bad = [i for i in idx if not 0 <= i < width]
-        if bad:
-            shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
-            raise BrowserDataError(f"neurons {shown} are outside {site} (0..{width - 1}); choose --neurons within it")
-        if not idx:
-            raise BrowserDataError("no neurons selected; pass --neurons with at least one index")
-        chosen[site] = idx
-
+    text = token_text(tok)
+    chosen = {site: select(records[site].n, neurons, site) for site in sites}
     wanted = {s: [(i, records[s].top(i)) for i in idx] for s, idx in chosen.items()}
-    n_top = {(s, i): len(cs) for s, items in wanted.items() for i, cs in items}
-    n_windows = len({int(c.window) for items in wanted.values() for _, cs in items for c in cs})
-    with progress_bar(progress, n_windows, "contexts") as advance:
-        ctx = _context_acts(model, windows, wanted, before, after, batch_size, advance)
+    ctx = contexts_shown(model, windows, wanted, before, after, batch_size, progress)
 
     decoded: dict[str, Any] = {}
     if site_kind in LM_HEAD_KINDS:
@@ -166,28 +162,64 @@ def build_site_data(
     total = sum(len(v) for v in chosen.values())
     with progress_bar(progress, total, "neurons") as advance:
         for site, idx in chosen.items():
-            rec, layer = records[site], int(site.split(".")[1])
             for i in idx:
-                edges, counts = rec.hist(i)
-                contexts = []
-                for j in range(n_top[(site, i)]):
-                    c = ctx[(site, i, j)]
-                    contexts.append({**{kk: v for kk, v in c.items() if kk != "ids"},
-                                     "tokens": [text(t) for t in c["ids"]]})
                 lm = None
                 if site in decoded:
                     top, bottom = decoded[site].tokens(tok, i)
-                    lm = {"top": _pairs(top, text), "bottom": _pairs(bottom, text)}
+                    lm = {"top": token_pairs(top, text), "bottom": token_pairs(bottom, text)}
                 ab = None
                 if ablation_effect is not None:
-                    eff = ablation_effect(model, windows if ablate_windows is None else ablate_windows, site, [i])
-                    ab = {"delta_loss": _f(eff.delta_loss), "tokens": _pairs(eff.tokens_most_affected, text)}
-                out.append({
-                    "id": f"{site}/{i}", "layer": layer, "index": i, "kind": "neuron",
-                    "max": _f(rec.max[i]), "mean": _f(rec.mean[i]), "std": _f(rec.std[i]), "freq": _f(rec.freq[i]),
-                    "hist": {"edges": [_f(e) for e in edges], "counts": [int(_f(c)) for c in counts]},
-                    "top_contexts": [c for c in contexts if math.isfinite(c["value"])],
-                    "lm_head": lm, "ablation": ab,
-                })
+                    ab = ablation_entry(ablation_effect(model, windows if ablate_windows is None else ablate_windows,
+                                                        site, [i]), text)
+                out.append(neuron_entry(records[site], i, "neuron", ctx, site, text, lm, ab))
                 advance(1)
     return {"model": model_name, "site_kind": site_kind, "n_tokens": int(windows.numel()), "neurons": out}
+
+
+def select(width: int, neurons: Sequence[int] | None, name: str) -> list[int]:
+    """The indices ``neurons`` (default: all ``width``) after checking they lie in ``0..width - 1``.
+
+    Raises:
+        BrowserDataError: an index outside the site, or an empty selection.
+    """
+    idx = list(range(width)) if neurons is None else [int(i) for i in neurons]
+    bad = [i for i in idx if not 0 <= i < width]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        raise BrowserDataError(f"neurons {shown} are outside {name} (0..{width - 1}); choose --neurons within it")
+    if not idx:
+        raise BrowserDataError("no neurons selected; pass --neurons with at least one index")
+    return idx
+
+
+def contexts_shown(model: nn.Module, windows: torch.Tensor, wanted: dict[str, list[tuple[int, Any]]], before: int,
+                   after: int, batch_size: int, progress: bool,
+                   transform: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                   ) -> dict[tuple[str, int, int], dict[str, Any]]:
+    """The contexts of ``wanted`` (``{site: [(neuron, top contexts)]}``) from one batched pass over their windows,
+    keyed ``(site, neuron, j)`` (see ``_context_acts`` for ``transform``)."""
+    n_windows = len({int(c.window) for items in wanted.values() for _, cs in items for c in cs})
+    with progress_bar(progress, n_windows, "contexts") as advance:
+        return _context_acts(model, windows, wanted, before, after, batch_size, advance, transform)
+
+
+def ablation_entry(eff: Any, text: Callable[[int], str]) -> dict[str, Any]:
+    """The page's ablation part from an :class:`actlab.interp.ablate.AblationEffect`."""
+    return {"delta_loss": _f(eff.delta_loss), "tokens": token_pairs(eff.tokens_most_affected, text)}
+
+
+def neuron_entry(rec: Any, i: int, kind: str, ctx: dict[tuple[str, int, int], dict[str, Any]], key: str,
+                 text: Callable[[int], str], lm: dict[str, Any] | None, ab: dict[str, Any] | None) -> dict[str, Any]:
+    """One page of the renderer's data for channel ``i`` of records ``rec`` (contexts ``ctx[(key, i, j)]``)."""
+    edges, counts = rec.hist(i)
+    contexts = []
+    for j in range(len(rec.top(i))):
+        c = ctx[(key, i, j)]
+        contexts.append({**{kk: v for kk, v in c.items() if kk != "ids"}, "tokens": [text(t) for t in c["ids"]]})
+    return {
+        "id": f"{rec.site}/{i}", "layer": rec.layer, "index": i, "kind": kind,
+        "max": _f(rec.max[i]), "mean": _f(rec.mean[i]), "std": _f(rec.std[i]), "freq": _f(rec.freq[i]),
+        "hist": {"edges": [_f(e) for e in edges], "counts": [int(_f(c)) for c in counts]},
+        "top_contexts": [c for c in contexts if math.isfinite(c["value"])],
+        "lm_head": lm, "ablation": ab,
+    }

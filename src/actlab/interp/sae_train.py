@@ -561,16 +561,20 @@ def latent_activations(model: nn.Module, sae: SparseAutoencoder, windows: torch.
 
 
 def latent_records(model: nn.Module, sae: SparseAutoencoder, windows: torch.Tensor, config: Any = None,
-                   batch_size: int = 8) -> Any:
-    """``actlab.interp.records.NeuronRecords`` of the SAE's latents over ``windows``, named ``{site}.sae``.
+                   batch_size: int = 8, progress: bool = False) -> Any:
+    """``actlab.interp.records.NeuronRecords`` of the SAE's latents over ``windows``, named ``{site}.sae``
+    (``progress``: a bar over the windows on stderr).
 
     Example:
         >>> rec = latent_records(model, sae, windows)                                   # doctest: +SKIP
         >>> rec.top(0)[0].window, rec.top(0)[0].position                                # doctest: +SKIP
     """
     from actlab.interp.records import NeuronRecords  # the records module is the other half of this
+    from actlab.progress import progress_bar
 
     rec = NeuronRecords(f"{sae.cfg.site}.sae", sae.cfg.d_sae, config)
-    for acts, win, pos in latent_activations(model, sae, windows, batch_size):
-        rec.update(acts, win, pos)
+    with progress_bar(progress, windows.shape[0], "latent records") as advance:
+        for acts, win, pos in latent_activations(model, sae, windows, batch_size):
+            rec.update(acts, win, pos)
+            advance(int(win.unique().numel()))
     return rec
