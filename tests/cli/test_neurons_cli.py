@@ -101,3 +101,107 @@ def test_a_non_empty_out_is_refused(tmp_path, corpus):
     res = _tiny(corpus, out)
     assert res.exit_code == 2 and "not empty" in res.output
     assert (out / "mine.txt").read_text() == "keep"
+
+
+@pytest.fixture(scope="module")
+def tiny_sae(tmp_path_factory):
+    """A random SAE on layers.1.resid_out of random:tiny-llama, in the layout `actlab sae train` writes."""
+    import actlab
+    from actlab.interp.sae_train import sae_for_site
+
+    model, _ = actlab.load_model("random:tiny-llama")
+    sae = sae_for_site(model, "layers.1.resid_out", d_sae=40, k=4, model_name="random:tiny-llama")
+    return sae.save(tmp_path_factory.mktemp("sae") / "sae")
+
+
+def _sae_run(corpus, out, sae_dir, *extra):
+    return _run("--model", "random:tiny-llama", "--data", corpus, "--tokens", 512, "--seq-len", 32, "--k", 4,
+                "--sae", sae_dir, "--out", out, *extra)
+
+
+def _page(out, row) -> dict:
+    text = (out / "data" / "n" / f"{row[-1]}.js").read_text()
+    return json.loads(text[len("actlabNeuron("):].rstrip().rstrip(";")[:-1])
+
+
+def test_sae_latents_end_to_end(tmp_path, corpus, tiny_sae):
+    import actlab
+    from actlab.interp.lm_head import decode_directions
+    from actlab.interp.sae import SparseAutoencoder
+
+    out = tmp_path / "site"
+    res = _sae_run(corpus, out, tiny_sae, "--neurons", "0-5,39", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["kind"] == "sae" and summary["site"] == "resid_out" and summary["layers"] == [1]
+    assert summary["neurons"] == 7
+    idx = _index(out)
+    assert idx["kinds"] == ["sae"] and idx["layers"] == [1]
+    assert sorted(r[0] for r in idx["rows"]) == sorted(f"layers.1.resid_out.sae/{i}" for i in (0, 1, 2, 3, 4, 5, 39))
+    model, tok = actlab.load_model("random:tiny-llama")
+    sae = SparseAutoencoder.load(tiny_sae)
+    top_ids = decode_directions(model, sae.W_dec.detach(), k=10)[0]  # every latent's decoder row
+    contexts = 0
+    for row in idx["rows"]:
+        rec = _page(out, row)
+        assert rec["kind"] == "sae" and row[3] == "sae"
+        assert [t for t, _ in rec["lm_head"]["top"]] == [tok.decode([t]) for t in top_ids[rec["index"]].tolist()]
+        for c in rec["top_contexts"]:  # the latent's activation shown at the top token is the recorded one
+            assert c["acts"][c["center"]] == pytest.approx(c["value"], rel=1e-3, abs=1e-4)
+            contexts += 1
+    assert contexts > 0
+    assert "SAE latent pages" in res.output
+
+
+def test_sae_latents_with_ablation_and_the_default_selection(tmp_path, corpus, tiny_sae):
+    out = tmp_path / "site"
+    res = _sae_run(corpus, out, tiny_sae, "--site", "resid_out", "--layers", "1", "--ablate", "--ablate-tokens", 64)
+    assert res.exit_code == 0, res.output
+    rows = _index(out)["rows"]
+    assert len(rows) == 40  # d_sae = 40 is below the default's 256 latents: all of them
+    assert _page(out, rows[0])["ablation"]["delta_loss"] is not None
+
+
+def test_the_clis_default_latent_count_is_the_librarys():
+    from actlab.cli.neurons import DEFAULT_LATENTS
+    from actlab.interp import browser_sae
+
+    assert DEFAULT_LATENTS == browser_sae.DEFAULT_LATENTS
+
+
+def _other_width_sae(tmp_path):
+    from actlab.interp.sae import SAEConfig, SparseAutoencoder
+
+    return SparseAutoencoder(SAEConfig(d_in=24, d_sae=16, k=2, site="layers.1.resid_out")).save(tmp_path / "w")
+
+
+def _deep_sae(tmp_path):
+    from actlab.interp.sae import SAEConfig, SparseAutoencoder
+
+    return SparseAutoencoder(SAEConfig(d_in=64, d_sae=16, k=2, site="layers.9.resid_out")).save(tmp_path / "d")
+
+
+def _unplaced_sae(tmp_path):
+    from actlab.interp.sae import SAEConfig, SparseAutoencoder
+
+    return SparseAutoencoder(SAEConfig(d_in=64, d_sae=16, k=2, site="")).save(tmp_path / "u")
+
+
+@pytest.mark.parametrize(("make", "extra", "message"), [
+    (lambda tmp, sae: tmp / "missing", (), "is not an SAE directory"),
+    (lambda tmp, sae: (tmp / "empty").mkdir() or tmp / "empty", (), "is not an SAE directory"),
+    (lambda tmp, sae: sae, ("--site", "mlp.act_out"), "--site mlp.act_out disagrees with the SAE"),
+    (lambda tmp, sae: sae, ("--site", "layers.0.resid_out"), "disagrees with the SAE"),
+    (lambda tmp, sae: sae, ("--layers", "0-1"), "--layers 0-1 disagrees with the SAE"),
+    (lambda tmp, sae: sae, ("--neurons", "40"), "outside layers.1.resid_out.sae"),
+    (lambda tmp, sae: _other_width_sae(tmp), (), "24"),
+    (lambda tmp, sae: _deep_sae(tmp), (), "no site matches"),
+    (lambda tmp, sae: _unplaced_sae(tmp), (), "not a layer's site"),
+])
+def test_bad_saes_are_one_error_line_and_nothing_written(tmp_path, corpus, tiny_sae, make, extra, message):
+    out = tmp_path / "site"
+    res = _sae_run(corpus, out, make(tmp_path, tiny_sae), *extra)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert res.output.count("error:") == 1
+    assert not out.exists()

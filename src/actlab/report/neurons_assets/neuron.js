@@ -117,7 +117,8 @@
     main.appendChild(A.el("h2", {text: "Ablation"}));
     if (d.ablation) {
       main.appendChild(A.el("p", {text: "Next-token loss changes by " + A.fmt(d.ablation.delta_loss, 5) +
-                                        " nats when this neuron is set to zero. Tokens most affected:"}));
+                                        " nats when this " + (d.kind === "sae" ? "latent is removed from the site's activation" : "neuron is set to zero") +
+                                        ". Tokens most affected:"}));
       main.appendChild(tokenTable(d.ablation.tokens, "token"));
     } else {
       main.appendChild(A.el("p", {cls: "none", text: "not computed (run actlab neurons with --ablate)"}));
