@@ -130,11 +130,11 @@ def test_sae_latents_end_to_end(tmp_path, corpus, tiny_sae):
     from actlab.interp.sae import SparseAutoencoder
 
     out = tmp_path / "site"
-    res = _sae_run(corpus, out, tiny_sae, "--neurons", "0-5,39", "--json")
+    res = _sae_run(corpus, out, tiny_sae, "--latents", "0-5,39", "--json")
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout[res.stdout.index("{"):])
-    assert summary["kind"] == "sae" and summary["site"] == "resid_out" and summary["layers"] == [1]
-    assert summary["neurons"] == 7
+    assert summary["sae_sites"] == ["layers.1.resid_out"] and summary["site"] is None
+    assert summary["latents"] == 7 and summary["neurons"] == 0
     idx = _index(out)
     assert idx["kinds"] == ["sae"] and idx["layers"] == [1]
     assert sorted(r[0] for r in idx["rows"]) == sorted(f"layers.1.resid_out.sae/{i}" for i in (0, 1, 2, 3, 4, 5, 39))
@@ -155,11 +155,25 @@ def test_sae_latents_end_to_end(tmp_path, corpus, tiny_sae):
 
 def test_sae_latents_with_ablation_and_the_default_selection(tmp_path, corpus, tiny_sae):
     out = tmp_path / "site"
-    res = _sae_run(corpus, out, tiny_sae, "--site", "resid_out", "--layers", "1", "--ablate", "--ablate-tokens", 64)
+    res = _sae_run(corpus, out, tiny_sae, "--ablate", "--ablate-tokens", 64)
     assert res.exit_code == 0, res.output
     rows = _index(out)["rows"]
     assert len(rows) == 40  # d_sae = 40 is below the default's 256 latents: all of them
     assert _page(out, rows[0])["ablation"]["delta_loss"] is not None
+
+
+def test_sae_latents_beside_the_sites_channels(tmp_path, corpus, tiny_sae):
+    """--site with --sae: one index holding both kinds (the filter's choice), layers default to the SAE's."""
+    out = tmp_path / "site"
+    res = _sae_run(corpus, out, tiny_sae, "--site", "resid_out", "--neurons", "0-2", "--latents", "3,4", "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["layers"] == [1] and summary["neurons"] == 3 and summary["latents"] == 2
+    idx = _index(out)
+    assert idx["kinds"] == ["neuron", "sae"]
+    assert sorted(r[0] for r in idx["rows"]) == sorted(
+        [f"layers.1.resid_out/{i}" for i in range(3)] + [f"layers.1.resid_out.sae/{i}" for i in (3, 4)])
+    assert "3 neuron pages" in res.output and "2 SAE latent pages" in res.output
 
 
 def test_the_clis_default_latent_count_is_the_librarys():
@@ -190,10 +204,10 @@ def _unplaced_sae(tmp_path):
 @pytest.mark.parametrize(("make", "extra", "message"), [
     (lambda tmp, sae: tmp / "missing", (), "is not an SAE directory"),
     (lambda tmp, sae: (tmp / "empty").mkdir() or tmp / "empty", (), "is not an SAE directory"),
-    (lambda tmp, sae: sae, ("--site", "mlp.act_out"), "--site mlp.act_out disagrees with the SAE"),
-    (lambda tmp, sae: sae, ("--site", "layers.0.resid_out"), "disagrees with the SAE"),
-    (lambda tmp, sae: sae, ("--layers", "0-1"), "--layers 0-1 disagrees with the SAE"),
-    (lambda tmp, sae: sae, ("--neurons", "40"), "outside layers.1.resid_out.sae"),
+    (lambda tmp, sae: sae, ("--layers", "0-1"), "--layers selects channels of --site"),
+    (lambda tmp, sae: sae, ("--neurons", "1"), "--neurons selects channels of --site"),
+    (lambda tmp, sae: sae, ("--latents", "40"), "outside layers.1.resid_out.sae"),
+    (lambda tmp, sae: sae, ("--site", "resid_out", "--neurons", "999"), "outside layers.1.resid_out"),
     (lambda tmp, sae: _other_width_sae(tmp), (), "24"),
     (lambda tmp, sae: _deep_sae(tmp), (), "no site matches"),
     (lambda tmp, sae: _unplaced_sae(tmp), (), "not a layer's site"),
@@ -205,3 +219,17 @@ def test_bad_saes_are_one_error_line_and_nothing_written(tmp_path, corpus, tiny_
     assert message in res.output and "Traceback" not in res.output
     assert res.output.count("error:") == 1
     assert not out.exists()
+
+
+def test_latents_without_an_sae_is_one_error_line(tmp_path, corpus):
+    out = tmp_path / "site"
+    res = _tiny(corpus, out, "--latents", "0-3")
+    assert res.exit_code == 2 and res.output.count("error:") == 1
+    assert "pass the SAE with --sae DIR" in res.output and not out.exists()
+
+
+def test_two_saes_of_one_site_are_refused(tmp_path, corpus, tiny_sae):
+    out = tmp_path / "site"
+    res = _sae_run(corpus, out, tiny_sae, "--sae", tiny_sae)
+    assert res.exit_code == 2 and res.output.count("error:") == 1
+    assert "two --sae directories read layers.1.resid_out" in res.output and not out.exists()

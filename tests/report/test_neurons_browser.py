@@ -121,3 +121,29 @@ def test_screenshots_of_each_page_type(site, tmp_path):
         _browse(url, profile, f"--screenshot={shots / name}", "--window-size=1280,1100", "--hide-scrollbars")
         png = (shots / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000, name
+
+
+def test_a_site_of_neurons_and_sae_latents(tmp_path, tiny_llama):
+    """Real pages from a model: the index filters the two kinds apart and a latent's page loads its data."""
+    import torch
+
+    from actlab.interp.browser_data import build_site_data
+    from actlab.interp.browser_sae import build_sae_site_data
+    from actlab.interp.sae_train import sae_for_site
+
+    model, tok = tiny_llama
+    windows = torch.randint(0, model.config.vocab_size, (8, 24), generator=torch.Generator().manual_seed(0))
+    neurons = build_site_data(model, tok, windows, "resid_out", [1], k=3, neurons=range(5))
+    sae = sae_for_site(model, "layers.1.resid_out", d_sae=12, k=3)
+    latents = build_sae_site_data(model, tok, windows, sae, k=3, latents=range(7), ablate=True)
+    data = {**neurons, "neurons": neurons["neurons"] + latents["neurons"]}
+    render_site(data, tmp_path / "site")
+    index = (tmp_path / "site" / "index.html").as_uri()
+    assert _matches(_browse(index + "#kind=sae", tmp_path / "p", "--dump-dom")) == 7
+    assert _matches(_browse(index + "#kind=neuron", tmp_path / "p", "--dump-dom")) == 5
+    latent = next(n for n in latents["neurons"] if n["top_contexts"])
+    html = _browse(f"{(tmp_path / 'site' / 'neuron.html').as_uri()}#{quote(latent['id'], safe='')}", tmp_path / "p",
+                   "--dump-dom")
+    assert f'data-loaded="{latent["id"]}"' in html
+    assert html.count('<span class="t c"') == len(latent["top_contexts"])
+    assert "latent is removed from the site" in html
