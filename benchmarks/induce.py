@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -79,13 +80,59 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=Path("runs/induce"), help="run directories (replaced)")
     p.add_argument("--json", type=Path, default=Path(__file__).with_name("induce.json"),
                    help="write every number here (default: benchmarks/induce.json)")
+    p.add_argument("--set", action="append", default=[], metavar="ARM.KEY=VALUE", dest="overrides",
+                   help="override one setting of one arm: a field of its objective config (deft.weight=30, "
+                        "relufy-relu.adapter=full, relufy-relu.kl=1) or of the loop (mask-lora.lr=5e-4); repeatable")
+    p.add_argument("--reference", type=Path, default=None, metavar="JSON",
+                   help="another run's JSON whose dense-ft row the arms are compared with, when dense-ft is not "
+                        "among --arms (same --tokens, --seq-len and --eval-tokens)")
     args = p.parse_args(argv)
     unknown = [a for a in args.arms.split(",") if a not in ARMS]
     if unknown:
         p.error(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
     if args.ppl1_arm is not None and args.ppl1_arm not in args.arms.split(","):
         p.error(f"--ppl1-arm {args.ppl1_arm} is not among --arms")
+    try:
+        args.overrides = _overrides(args.overrides, args.arms.split(","))
+    except ValueError as e:
+        p.error(str(e))
+    if args.reference is not None and not args.reference.is_file():
+        p.error(f"--reference {args.reference} is not a file; pass the JSON of a run that has a dense-ft arm")
     return args
+
+
+def _overrides(items: list[str], arms: list[str]) -> dict[str, dict[str, Any]]:
+    """``["deft.weight=30"]`` -> ``{"deft": {"weight": 30.0}}`` (values parsed as JSON where they parse)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        arm, dot, field = key.rpartition(".")
+        if not eq or not dot or not field:
+            raise ValueError(f"--set {item!r}: write ARM.KEY=VALUE, e.g. deft.weight=30")
+        if arm not in arms:
+            raise ValueError(f"--set {item!r}: arm {arm!r} is not among --arms ({', '.join(arms)})")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(arm, {})[field] = value
+    _check_fields(out)
+    return out
+
+
+def _check_fields(overrides: dict[str, dict[str, Any]]) -> None:
+    """Refuse a key that is neither a field of the arm's config nor of the loop, before anything is trained."""
+    import actlab.train.objectives  # noqa: F401  (registers the objectives)
+    from actlab.train.config import CONFIGS
+    from actlab.train.loop import TrainArgs
+
+    loop = {f.name for f in dataclasses.fields(TrainArgs)}
+    for arm, changes in overrides.items():
+        known = loop | {f.name for f in dataclasses.fields(CONFIGS[ARMS[arm][0]["objective"]])}
+        bad = sorted(set(changes) - known)
+        if bad:
+            raise ValueError(f"--set {arm}.{bad[0]}: {arm} has no setting {bad[0]!r}; its settings are "
+                             f"{', '.join(sorted(known))}")
 
 
 def _log(msg: str) -> None:
@@ -130,13 +177,19 @@ def _train_arm(name: str, base: Any, tok: Any, train_w: Any, eval_w: Any, plan_d
     from actlab.train.loop import TrainArgs, train
 
     cfg, what = ARMS[name]
-    cfg = {**cfg, "adapter": args.adapter, **({"plan": str(plan_dir)} if name == "mask-lora" else {})}
+    loop_fields = {f.name for f in dataclasses.fields(TrainArgs)}
+    changes = args.overrides.get(name, {})
+    cfg = {**cfg, "adapter": args.adapter, **({"plan": str(plan_dir)} if name == "mask-lora" else {}),
+           **{k: v for k, v in changes.items() if k not in loop_fields}}
+    if changes:
+        what += " [" + ", ".join(f"{k}={v}" for k, v in changes.items()) + "]"
     config = config_from_dict(cfg)
     per_step = args.batch_size * args.seq_len
     steps = max(1, args.tokens // per_step)
-    targs = TrainArgs(tokens=args.tokens, seq_len=args.seq_len, batch_size=args.batch_size, precision=args.precision,
-                      eval_tokens=args.eval_tokens, eval_every=max(1, steps // args.curve) if args.curve else 0,
-                      calib_tokens=args.calib_tokens)
+    targs = TrainArgs(**{"tokens": args.tokens, "seq_len": args.seq_len, "batch_size": args.batch_size,
+                         "precision": args.precision, "eval_tokens": args.eval_tokens,
+                         "eval_every": max(1, steps // args.curve) if args.curve else 0,
+                         "calib_tokens": args.calib_tokens, **{k: v for k, v in changes.items() if k in loop_fields}})
     out = args.work / name
     _log(f"training {name}: {what}, {args.tokens:,} tokens")
     t0 = time.perf_counter()
@@ -149,7 +202,7 @@ def _train_arm(name: str, base: Any, tok: Any, train_w: Any, eval_w: Any, plan_d
     m = _measure(model, plan, eval_w)
     curve = [{"tokens": r["tokens"], "ppl": r["eval_ppl"], "density_act_out": r.get(f"density_{EPS}"),
               "zero_frac_act_out": _mean(r.get("zero_frac"))} for r in res.history if "eval_ppl" in r]
-    return {"arm": name, "what": what, "config": config.to_dict(), "out": str(out), "tokens": res.history[-1]["tokens"]
+    return {"arm": name, "what": what, "config": config.to_dict(), "loop": dataclasses.asdict(targs), "out": str(out), "tokens": res.history[-1]["tokens"]
             if res.history else 0, "wall_s": wall, **m, "curve": curve}
 
 
@@ -203,6 +256,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         reference["training-free teal-global 50%"] = _measure(base, plan, eval_w)
     rows = [_train_arm(a, base, tok, train_w, eval_w, plan_dir, args) for a in arms]
     dense = next((r for r in rows if r["arm"] == "dense-ft"), None)
+    if dense is None and args.reference is not None:
+        dense = next((r for r in json.loads(args.reference.read_text())["arms"] if r["arm"] == "dense-ft"), None)
+        if dense is None:
+            raise SystemExit(f"error: --reference {args.reference} has no dense-ft arm; pass a run that trained one")
     for r in rows:
         r["vs_dense_ft_pct"] = 100.0 * (r["ppl"] / dense["ppl"] - 1.0) if dense else None
 
@@ -211,7 +268,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         best = args.ppl1_arm or ("mask-lora" if "mask-lora" in arms else min(
             (r for r in rows if r["arm"] != "dense-ft"), key=lambda r: r["ppl"], default=rows[0])["arm"])
         ppl1 = {}
-        for arm in dict.fromkeys([best] + (["dense-ft"] if dense else [])):
+        for arm in dict.fromkeys([best] + (["dense-ft"] if "dense-ft" in arms else [])):
             r = next(x for x in rows if x["arm"] == arm)
             _log(f"PPL-1% search ({args.ppl1_method}) on the {arm} model")
             model, _ = actlab.load_model(r["out"])
@@ -221,6 +278,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     return {"model": args.model, "tokens_per_arm": args.tokens, "seq_len": args.seq_len, "batch_size": args.batch_size,
             "adapter": args.adapter, "eval_tokens": int(eval_w.numel()), "search_tokens": int(heldout.numel()),
             "calib_tokens": int(calib.numel()), "machine": machine_line(), "command": " ".join(sys.argv),
+            "reference_json": str(args.reference) if args.reference and "dense-ft" not in arms else None,
             "reference": reference, "arms": rows, "ppl1": ppl1}
 
 
