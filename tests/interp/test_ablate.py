@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actlab.activations.sites import SiteError
-from actlab.interp.ablate import MODES, InterventionError, ablation_effect, intervene, site_means
+from actlab.interp.ablate import MODES, InterventionError, ablation_effect, clean_pass, intervene, site_means
 
 
 def _ids(n: int = 2, t: int = 12, seed: int = 0) -> torch.Tensor:
@@ -156,6 +156,20 @@ def test_ablation_effect_against_brute_force(tiny_llama):
     # scale 1 changes nothing; mean mode computes its means itself
     assert ablation_effect(model, ids, "layers.1.mlp.down_in", [3], mode="scale", value=1.0).delta_loss == 0.0
     assert ablation_effect(model, ids, "layers.1.mlp.down_in", [3], mode="mean").delta_loss != 0.0
+
+
+def test_a_shared_clean_pass_gives_the_same_effects(tiny_llama):
+    model, _ = tiny_llama
+    ids = _ids(3, 16)
+    clean = clean_pass(model, ids, batch_size=2)
+    for neuron in (3, 8):
+        alone = ablation_effect(model, ids, "layers.1.mlp.down_in", [neuron], top_tokens=5)
+        shared = ablation_effect(model, ids, "layers.1.mlp.down_in", [neuron], top_tokens=5, clean=clean)
+        assert shared.delta_loss == pytest.approx(alone.delta_loss, abs=1e-9) and shared.delta_loss != 0.0
+        assert shared.loss_clean == pytest.approx(alone.loss_clean, abs=1e-9)
+        assert [t for t, _ in shared.tokens_most_affected] == [t for t, _ in alone.tokens_most_affected]
+    with pytest.raises(InterventionError, match="other windows"):
+        ablation_effect(model, _ids(3, 16, seed=1), "layers.1.mlp.down_in", [3], clean=clean)
 
 
 def test_ablation_effect_bad_windows(tiny_llama):

@@ -278,11 +278,13 @@ def ablation_effect(
     batch_size: int = 8,
     top_tokens: int = 10,
     progress: bool = False,
+    clean: CleanPass | None = None,
 ) -> AblationEffect:
     """Next-token loss with and without an intervention on ``neurons`` of ``site``, and the tokens it moves.
 
     Both runs see the same windows (``[n_windows, seq_len]`` token ids). ``mode="mean"`` without ``means``
     uses the neurons' mean over these windows (one extra pass). The model's train/eval mode is restored.
+    ``clean``: the :func:`clean_pass` of the same windows, shared when many neurons are measured on them.
 
     Raises:
         SiteError, InterventionError: as :func:`intervene`; InterventionError also for windows that are not
@@ -300,7 +302,7 @@ def ablation_effect(
         means = site_means(model, windows, s, neurons, batch_size)
     s, fn = _prepare(model, s, neurons, mode, value, means)
     idx = _index(neurons, None, s)
-    return rewrite_effect(model, windows, s, fn, [int(i) for i in idx], mode, batch_size, top_tokens, progress)
+    return rewrite_effect(model, windows, s, fn, [int(i) for i in idx], mode, batch_size, top_tokens, progress, clean)
 
 
 def check_windows(windows: torch.Tensor) -> None:
@@ -308,6 +310,48 @@ def check_windows(windows: torch.Tensor) -> None:
     if windows.dim() != 2 or windows.shape[0] < 1 or windows.shape[1] < 2 or windows.dtype.is_floating_point:
         raise InterventionError(f"windows must be integer token ids [n_windows, seq_len >= 2], got "
                                 f"{windows.dtype} {tuple(windows.shape)}")
+
+
+@dataclass(frozen=True)
+class CleanPass:
+    """The unmodified model's part of an ablation measurement over some windows, computed once and shared by
+    every neuron measured on them (:func:`clean_pass`): summed next-token loss, summed log-probs ``[vocab]``."""
+
+    windows: torch.Tensor
+    loss_sum: float
+    logprob_sum: torch.Tensor
+    n_pos: int
+
+
+def _window_logprobs(logits: torch.Tensor, batch: torch.Tensor, row: int) -> tuple[float, torch.Tensor]:
+    """One window's summed next-token loss and summed log-probs ``[vocab]`` (one window at a time bounds memory)."""
+    lp = F.log_softmax(logits[row, :-1].float(), -1)  # [T-1, V]: predicts tokens 1..T-1
+    return -float(lp.gather(1, batch[row, 1:, None]).double().sum()), lp.double().sum(0).cpu()
+
+
+@torch.no_grad()
+def clean_pass(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> CleanPass:
+    """The clean half of :func:`rewrite_effect` over ``windows``, to pass as its ``clean=`` when many rewrites
+    are measured on the same windows (it halves the forwards).
+
+    Example:
+        >>> clean = clean_pass(model, windows)                                              # doctest: +SKIP
+        >>> [ablation_effect(model, windows, site, [i], clean=clean) for i in range(8)]     # doctest: +SKIP
+    """
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    loss, total, n_pos = 0.0, None, 0
+    try:
+        for b in range(0, windows.shape[0], batch_size):
+            batch = windows[b : b + batch_size].to(device=device, dtype=torch.long)
+            logits = lm_logits(model, batch)
+            for row in range(batch.shape[0]):
+                lsum, part = _window_logprobs(logits, batch, row)
+                loss, total, n_pos = loss + lsum, part if total is None else total + part, n_pos + batch.shape[1] - 1
+    finally:
+        model.train(was_training)
+    return CleanPass(windows, loss, total, n_pos)
 
 
 @torch.no_grad()
@@ -321,40 +365,39 @@ def rewrite_effect(
     batch_size: int = 8,
     top_tokens: int = 10,
     progress: bool = False,
+    clean: CleanPass | None = None,
 ) -> AblationEffect:
     """The measurement behind :func:`ablation_effect` for any rewrite ``fn(site, x) -> x'`` of one site's tensor
     (a :func:`actlab.capture` hook): next-token loss with and without it, and the tokens it moves.
     ``neurons`` and ``mode`` only label the result. Callers check ``windows`` (:func:`check_windows`).
+    ``clean``: the :func:`clean_pass` of these same windows, reused instead of recomputed.
 
     Example:
         >>> eff = rewrite_effect(model, windows, site, lambda s, x: x * 0.5, [], "halve")   # doctest: +SKIP
     """
+    if clean is not None and (clean.windows.shape != windows.shape or not torch.equal(clean.windows, windows)):
+        raise InterventionError("clean= was computed on other windows; pass the clean_pass of these windows")
+    clean = clean or clean_pass(model, windows, batch_size)
     device = model_device(model)
     was_training = model.training
     model.eval()
-    loss = {"clean": 0.0, "ablated": 0.0}
-    delta: torch.Tensor | None = None  # [vocab] summed log-prob change
-    n_pos = 0
+    ablated_loss, total, n_pos = 0.0, None, 0
     try:
         with progress_bar(progress, windows.shape[0], "ablation") as advance:
             for b in range(0, windows.shape[0], batch_size):
                 batch = windows[b : b + batch_size].to(device=device, dtype=torch.long)  # [B, T]
-                clean = lm_logits(model, batch)  # [B, T, V]
                 with capture(model, sites={site.name: site}, fn=fn):
-                    ablated = lm_logits(model, batch)
-                for row in range(batch.shape[0]):  # one window's log-probs at a time bounds the memory
-                    lp_c = F.log_softmax(clean[row, :-1].float(), -1)  # [T-1, V]: predicts tokens 1..T-1
-                    lp_a = F.log_softmax(ablated[row, :-1].float(), -1)
-                    target = batch[row, 1:, None]
-                    loss["clean"] -= float(lp_c.gather(1, target).double().sum())
-                    loss["ablated"] -= float(lp_a.gather(1, target).double().sum())
-                    part = (lp_a - lp_c).double().sum(0).cpu()
-                    delta = part if delta is None else delta + part
-                    n_pos += lp_c.shape[0]
-                del clean, ablated
+                    logits = lm_logits(model, batch)
+                for row in range(batch.shape[0]):
+                    lsum, part = _window_logprobs(logits, batch, row)
+                    ablated_loss, n_pos = ablated_loss + lsum, n_pos + batch.shape[1] - 1
+                    total = part if total is None else total + part
+                del logits
                 advance(batch.shape[0])
     finally:
         model.train(was_training)
+    delta = total - clean.logprob_sum  # [vocab] summed log-prob change
+    loss = {"clean": clean.loss_sum, "ablated": ablated_loss}
     mean_delta = delta / n_pos
     lc, la = loss["clean"] / n_pos, loss["ablated"] / n_pos
     return AblationEffect(

@@ -154,9 +154,12 @@ def build_site_data(
         from actlab.interp.lm_head import decode_neurons
 
         decoded = {s: decode_neurons(model, int(s.split(".")[1]), k=10, neurons=chosen[s]) for s in sites}
-    ablation_effect = None
+    clean = None
     if ablate:
-        from actlab.interp.ablate import ablation_effect
+        from actlab.interp.ablate import ablation_effect, clean_pass
+
+        held = windows if ablate_windows is None else ablate_windows
+        clean = clean_pass(model, held, batch_size)  # shared by every neuron: one forward each, not two
 
     out: list[dict[str, Any]] = []
     total = sum(len(v) for v in chosen.values())
@@ -168,9 +171,9 @@ def build_site_data(
                     top, bottom = decoded[site].tokens(tok, i)
                     lm = {"top": token_pairs(top, text), "bottom": token_pairs(bottom, text)}
                 ab = None
-                if ablation_effect is not None:
-                    ab = ablation_entry(ablation_effect(model, windows if ablate_windows is None else ablate_windows,
-                                                        site, [i]), text)
+                if clean is not None:
+                    ab = ablation_entry(ablation_effect(model, held, site, [i], batch_size=batch_size, clean=clean),
+                                        text)
                 out.append(neuron_entry(records[site], i, "neuron", ctx, site, text, lm, ab))
                 advance(1)
     return {"model": model_name, "site_kind": site_kind, "n_tokens": int(windows.numel()), "neurons": out}

@@ -109,11 +109,11 @@ def latent_ablation_effect(model: nn.Module, sae: SparseAutoencoder, windows: to
 
 
 def _latent_effect(model: nn.Module, sae: SparseAutoencoder, site: Site, windows: torch.Tensor, latents: list[int],
-                   batch_size: int, top_tokens: int = 10, progress: bool = False) -> Any:
+                   batch_size: int, top_tokens: int = 10, progress: bool = False, clean: Any = None) -> Any:
     from actlab.interp.ablate import rewrite_effect
 
     eff = rewrite_effect(model, windows, site, _remove_latents(sae, latents), latents, "latent-zero", batch_size,
-                         top_tokens, progress)
+                         top_tokens, progress, clean)
     eff.site = f"{site.name}.sae"
     return eff
 
@@ -157,10 +157,11 @@ def build_sae_site_data(
     name = f"{site.name}.sae"
     default = range(min(DEFAULT_LATENTS, sae.cfg.d_sae))
     chosen = select(sae.cfg.d_sae, default if latents is None else latents, name)  # before the slow pass
+    held = windows if ablate_windows is None else ablate_windows
     if ablate:
         from actlab.interp.ablate import check_windows
 
-        check_windows(windows if ablate_windows is None else ablate_windows)
+        check_windows(held)
     sae.eval()
     # latents are ReLU outputs, exact zeros when off: frequency counts every firing (eps 0)
     records = latent_records(model, sae, windows, RecordsConfig(k=k, freq_eps=0.0), batch_size, progress)
@@ -169,6 +170,11 @@ def build_sae_site_data(
     ctx = contexts_shown(model, windows, wanted, before, after, batch_size, progress,
                          transform={site.name: _encoder(sae)})
     decoded = decode_site_directions(model, site.kind, site.layer, latent_directions(sae, chosen), k=10)
+    clean = None
+    if ablate:
+        from actlab.interp.ablate import clean_pass
+
+        clean = clean_pass(model, held, batch_size)  # shared by every latent: one forward each, not two
     out: list[dict[str, Any]] = []
     with progress_bar(progress, len(chosen), "latents") as advance:
         for row, i in enumerate(chosen):
@@ -179,8 +185,7 @@ def build_sae_site_data(
                       "bottom": token_pairs(list(zip(bot_ids[row].tolist(), bot_s[row].tolist(), strict=True)), text)}
             ab = None
             if ablate:
-                held = windows if ablate_windows is None else ablate_windows
-                ab = ablation_entry(_latent_effect(model, sae, site, held, [i], batch_size), text)
+                ab = ablation_entry(_latent_effect(model, sae, site, held, [i], batch_size, clean=clean), text)
             out.append(neuron_entry(records, i, "sae", ctx, site.name, text, lm, ab))
             advance(1)
     return {"model": model_name, "site_kind": f"{site.kind}.sae", "n_tokens": int(windows.numel()), "neurons": out}
