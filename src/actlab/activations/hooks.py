@@ -152,7 +152,9 @@ def capture(
     Args:
         model: a model in the adapter table (or with ``adapter`` given), possibly inside
             ``torch.compile`` / DDP / PEFT wrappers.
-        sites: glob pattern(s) over canonical names, already-resolved sites, or ``None`` for all.
+        sites: glob pattern(s) over canonical names, already-resolved sites (from
+            :func:`~actlab.activations.sites.resolve_sites`, or :func:`~actlab.activations.sites.module_sites`
+            for any module of any network), or ``None`` for all canonical sites.
         fn: called as ``fn(site, x)`` on every forward; return a tensor to replace ``x`` or
             ``None`` to leave it. Without ``fn`` the last tensor of each site is stored
             (detached) in ``Capture.tensors``: handy for small inputs, not for profiling.

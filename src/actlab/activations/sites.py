@@ -219,3 +219,51 @@ def select_sites(sites: dict[str, Site], patterns: str | Iterable[str]) -> dict[
         kinds = sorted({s.kind for s in sites.values()})
         raise SiteError(f"no site matches {list(patterns)}; site kinds of this model: {', '.join(kinds)}")
     return chosen
+
+
+#: the kind of a site made by :func:`module_sites` (not in :data:`KINDS`: it is named by module path)
+MODULE_KIND = "module"
+
+
+def module_sites(
+    model: nn.Module,
+    types: type[nn.Module] | tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d),
+    patterns: str | Iterable[str] | None = None,
+    direction: str = "output",
+) -> dict[str, Site]:
+    """Sites on arbitrary modules of any ``nn.Module``, named by their module path, in registration order.
+
+    The canonical sites need an architecture in the adapter table; a plain network (an MLP, a CNN) has
+    none. These sites address its modules directly (every Linear/Conv output, every ReLU...) so the same
+    :func:`actlab.capture` hooks them. ``Site.layer`` is the position among the chosen modules; ``feeds``
+    is empty. Paths are those of the model inside any wrapper, as for canonical sites.
+
+    Args:
+        model: any module.
+        types: module classes to take (subclasses included).
+        patterns: glob(s) over module paths, e.g. ``"model.layers.*"``; ``None`` for every module of ``types``.
+        direction: ``"output"`` (what the module returns) or ``"input"`` (its first argument).
+
+    Raises:
+        SiteError: no module matches, or ``direction`` is neither input nor output.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> list(module_sites(net))
+        ['0', '2']
+        >>> list(module_sites(net, nn.ReLU))
+        ['1']
+    """
+    if direction not in ("input", "output"):
+        raise SiteError(f"direction must be 'input' or 'output', got {direction!r}")
+    globs = [patterns] if isinstance(patterns, str) else None if patterns is None else list(patterns)
+    root = unwrap(model)[0]
+    paths = [
+        p for p, m in root.named_modules()
+        if p and isinstance(m, types) and (globs is None or any(fnmatch.fnmatchcase(p, g) for g in globs))
+    ]
+    if not paths:
+        names = types.__name__ if isinstance(types, type) else ", ".join(t.__name__ for t in types)
+        where = "" if globs is None else f" under {globs}"
+        raise SiteError(f"{type(root).__name__} has no module of type {names}{where}")
+    return {p: Site(p, i, MODULE_KIND, direction, (p,), ()) for i, p in enumerate(paths)}
