@@ -97,8 +97,8 @@ def test_register_refuses_taken_names_and_ids():
     with pytest.raises(ValueError, match="swish"):
         register_function(ActivationFunction("swish", torch.sigmoid))
     with pytest.raises(ValueError, match="kernel id 0"):
-        register_function(ActivationFunction("sigmoid", torch.sigmoid, kernel_id=0))
-    assert "sigmoid" not in FUNCTIONS
+        register_function(ActivationFunction("my_sigmoid", torch.sigmoid, kernel_id=0))
+    assert "my_sigmoid" not in FUNCTIONS
 
 
 @pytest.mark.parametrize("preset", sorted(p for p in PRESETS if p.startswith("tiny-")))
@@ -116,10 +116,15 @@ def test_act_name_canonical_from_config():
     assert act_name(object(), ad) == "unknown"
 
 
+class _Cube(nn.Module):
+    def forward(self, x):
+        return x**3
+
+
 def test_act_function_reads_the_module_not_the_config():
     model, _ = actlab.load_model("random:tiny-llama")
     model.model.layers[1].mlp.act_fn = nn.ReLU()
     assert act_function(model, 0).name == "silu"
     assert act_function(model, 1).name == "relu"
-    model.model.layers[1].mlp.act_fn = nn.Tanh()
+    model.model.layers[1].mlp.act_fn = _Cube()  # a user's own activation: not in the table
     assert act_function(model, 1) is None

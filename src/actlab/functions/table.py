@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -30,6 +32,7 @@ from actlab.errors import ActlabError
 
 __all__ = [
     "FUNCTIONS",
+    "ActivationParameterError",
     "FATReLU",
     "ActivationFunction",
     "ModuleMatch",
@@ -44,6 +47,10 @@ __all__ = [
 
 class UnknownActivationError(ActlabError):
     """An activation name, module or function that is not in the table."""
+
+
+class ActivationParameterError(ActlabError):
+    """A parameter an activation function does not have, or a value it cannot take."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,23 @@ class ModuleMatch:
         return all(getattr(module, k, missing) == v for k, v in self.attrs)
 
 
+def _coerce(name: str, key: str, default: Any, value: Any) -> Any:
+    """``value`` as the kind of the default: a name (str), a whole number (int) or a finite number (float)."""
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        kind = "a name"
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if not isinstance(default, int) or isinstance(default, bool):
+            return float(value)
+        if float(value).is_integer():
+            return int(value)
+        kind = "a whole number"
+    else:
+        kind = "a finite number"
+    raise ActivationParameterError(f"{name}: parameter {key} must be {kind}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ActivationFunction:
     """One activation function and everything actlab knows about it.
@@ -81,7 +105,17 @@ class ActivationFunction:
         modules: the module classes (torch, transformers) that compute it.
         kernel_id: value of the C enum ``actlab_act`` when the fused kernels support it, else ``None``.
         formula: the definition, for reports and docs.
-        properties: open-ended facts (``{"zero_below": 0.0}``...) later features may read; empty for now.
+        properties: facts about the function as the torch-activation catalogue lists them, checked on a grid
+            by the tests: ``differentiable`` (everywhere), ``monotonic`` (non-decreasing), ``range`` (the
+            closure of the output range, ``(lo, hi)`` with ``±inf``), ``kinks`` (where it is not
+            differentiable), ``learnable``; plus open-ended ones (``parameters`` of FATReLU...).
+        family: the group it belongs to on the curves page (``relu``, ``sigmoid-weighted``, ``bounded``...).
+        parameters: the parameters with their defaults (numbers; names for a PAU's ``init``); ``fn`` is
+            the function at the defaults.
+        function: ``function(x, **parameters)``, the parameterised form (``None``: ``fn`` takes none).
+        derivative: ``derivative(x, **parameters)``, analytic; ``None``: :meth:`grad` uses autograd.
+        module_factory: ``module_factory(**parameters)`` builds the module a swap puts in a model (``None``:
+            the first module class, built from its attributes).
     """
 
     name: str
@@ -91,6 +125,11 @@ class ActivationFunction:
     kernel_id: int | None = None
     formula: str = ""
     properties: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    family: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    function: Callable[..., Tensor] | None = None
+    derivative: Callable[..., Tensor] | None = None
+    module_factory: Callable[..., nn.Module] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -99,6 +138,66 @@ class ActivationFunction:
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.fn(x)
+
+    def resolve(self, **params: float) -> dict[str, float]:
+        """The parameters with defaults filled in.
+
+        Raises:
+            ActivationParameterError: a parameter the function does not have, or one that is not a number.
+
+        Example:
+            >>> get_function("fatrelu").resolve(threshold=0.1)
+            {'threshold': 0.1}
+        """
+        unknown = sorted(set(params) - set(self.parameters))
+        if unknown:
+            have = ", ".join(self.parameters) or "none"
+            raise ActivationParameterError(f"{self.name} has no parameter {', '.join(unknown)} (parameters: {have})")
+        out = dict(self.parameters)
+        for k, v in params.items():
+            out[k] = _coerce(self.name, k, self.parameters[k], v)
+        return out
+
+    def apply(self, x: Tensor, **params: float) -> Tensor:
+        """The function at ``params`` (defaults for the rest).
+
+        Example:
+            >>> get_function("fatrelu").apply(torch.tensor([0.05, 0.2]), threshold=0.1).tolist()
+            [0.0, 0.20000000298023224]
+        """
+        if self.function is None:
+            self.resolve(**params)
+            return self.fn(x)
+        return self.function(x, **self.resolve(**params))
+
+    def grad(self, x: Tensor, **params: float) -> Tensor:
+        """f'(x) elementwise: the analytic derivative where the entry has one, else autograd's.
+
+        Example:
+            >>> get_function("relu").grad(torch.tensor([-1.0, 2.0])).tolist()
+            [0.0, 1.0]
+        """
+        if self.derivative is not None:
+            return self.derivative(x, **self.resolve(**params))
+        with torch.enable_grad():
+            xg = x.detach().clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.apply(xg, **params).sum(), xg)
+        return g
+
+    def module(self, **params: float) -> nn.Module:
+        """A fresh module computing the function at ``params`` (what a swap puts in a model).
+
+        Example:
+            >>> get_function("relu").module()
+            ReLU()
+        """
+        resolved = self.resolve(**params)
+        if self.module_factory is not None:
+            return self.module_factory(**resolved)
+        match = self.modules[0]
+        module_path, _, cls_name = match.cls.rpartition(".")
+        extra = {k: v for k, v in resolved.items() if k not in dict(match.attrs)}
+        return getattr(importlib.import_module(module_path), cls_name)(**dict(match.attrs), **extra)
 
 
 def _gelu_tanh(x: Tensor) -> Tensor:
@@ -111,6 +210,50 @@ def _relu2(x: Tensor) -> Tensor:
 
 def _quick_gelu(x: Tensor) -> Tensor:
     return x * torch.sigmoid(1.702 * x)
+
+
+_SQRT_2_PI = 0.7978845608028654  # sqrt(2 / pi)
+
+
+def _d_silu(x: Tensor) -> Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 + x * (1 - s))
+
+
+def _d_gelu_tanh(x: Tensor) -> Tensor:
+    t = torch.tanh(_SQRT_2_PI * (x + 0.044715 * x**3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_PI * (1 + 3 * 0.044715 * x * x)
+
+
+def _d_relu(x: Tensor) -> Tensor:
+    return (x > 0).to(x.dtype)
+
+
+def _d_gelu(x: Tensor) -> Tensor:
+    return 0.5 * (1 + torch.erf(x * 0.7071067811865476)) + x * torch.exp(-0.5 * x * x) * 0.3989422804014327
+
+
+def _d_relu2(x: Tensor) -> Tensor:
+    return 2 * F.relu(x)
+
+
+def _d_quick_gelu(x: Tensor) -> Tensor:
+    s = torch.sigmoid(1.702 * x)
+    return s * (1 + 1.702 * x * (1 - s))
+
+
+def props(differentiable: bool, monotonic: bool, lo: float, hi: float, kinks: tuple[float, ...] = (),
+          **extra: Any) -> Mapping[str, Any]:
+    """The properties mapping of an entry: the catalogue's facts (``bounded`` follows from the range).
+
+    Example:
+        >>> props(False, True, 0.0, float("inf"), kinks=(0.0,))["bounded"]
+        'below'
+    """
+    inf = float("inf")
+    bounded = {(True, True): "both", (True, False): "below", (False, True): "above"}.get((lo > -inf, hi < inf), "no")
+    return MappingProxyType({"differentiable": differentiable, "monotonic": monotonic, "bounded": bounded,
+                             "range": (lo, hi), "kinks": kinks, **extra})
 
 
 class FATReLU(nn.Module):
@@ -137,6 +280,14 @@ class FATReLU(nn.Module):
 
 def _fatrelu(x: Tensor) -> Tensor:
     return x * (x >= 0).to(x.dtype)
+
+
+def _fatrelu_at(x: Tensor, threshold: float) -> Tensor:
+    return x * (x >= threshold).to(x.dtype)
+
+
+def _d_fatrelu(x: Tensor, threshold: float) -> Tensor:
+    return (x >= threshold).to(x.dtype)
 
 
 _TORCH = "torch.nn.modules.activation."
@@ -174,6 +325,9 @@ for _entry in (
         modules=(ModuleMatch(_HF + "SiLUActivation"), ModuleMatch(_TORCH + "SiLU")),
         kernel_id=0,
         formula="x * sigmoid(x)",
+        properties=props(True, False, -0.2784645, float("inf")),
+        family="sigmoid-weighted",
+        derivative=_d_silu,
     ),
     ActivationFunction(
         "gelu_tanh",
@@ -188,6 +342,9 @@ for _entry in (
         ),
         kernel_id=1,
         formula="0.5 * x * (1 + tanh(sqrt(2 / pi) * (x + 0.044715 * x^3)))",
+        properties=props(True, False, -0.1700408, float("inf")),
+        family="sigmoid-weighted",
+        derivative=_d_gelu_tanh,
     ),
     ActivationFunction(
         "relu",
@@ -195,6 +352,9 @@ for _entry in (
         modules=(ModuleMatch(_TORCH + "ReLU"),),
         kernel_id=2,
         formula="max(x, 0)",
+        properties=props(False, True, 0.0, float("inf"), kinks=(0.0,)),
+        family="relu",
+        derivative=_d_relu,
     ),
     ActivationFunction(
         "gelu",
@@ -202,25 +362,38 @@ for _entry in (
         aliases=("gelu_python",),
         modules=(ModuleMatch(_HF + "GELUActivation"), ModuleMatch(_TORCH + "GELU", (("approximate", "none"),))),
         formula="0.5 * x * (1 + erf(x / sqrt(2)))",
+        properties=props(True, False, -0.1699713, float("inf")),
+        family="sigmoid-weighted",
+        derivative=_d_gelu,
     ),
     ActivationFunction(
         "relu2",
         _relu2,
         modules=(ModuleMatch(_HF + "ReLUSquaredActivation"),),
         formula="max(x, 0)^2",
+        properties=props(True, True, 0.0, float("inf")),
+        family="relu",
+        derivative=_d_relu2,
     ),
     ActivationFunction(
         "quick_gelu",
         _quick_gelu,
         modules=(ModuleMatch(_HF + "QuickGELUActivation"),),
         formula="x * sigmoid(1.702 * x)",
+        properties=props(True, False, -0.1636102, float("inf")),
+        family="sigmoid-weighted",
+        derivative=_d_quick_gelu,
     ),
     ActivationFunction(
         "fatrelu",
         _fatrelu,
         modules=(ModuleMatch("actlab.functions.table.FATReLU"),),
         formula="x if x >= threshold else 0 (fn: threshold = 0)",
-        properties=MappingProxyType({"parameters": ("threshold",)}),
+        properties=props(False, True, 0.0, float("inf"), kinks=(0.0,), parameters=("threshold",)),
+        family="relu",
+        parameters=MappingProxyType({"threshold": 0.0}),
+        function=_fatrelu_at,
+        derivative=_d_fatrelu,
     ),
 ):
     register_function(_entry)
@@ -253,7 +426,7 @@ def lookup_module(module: nn.Module) -> ActivationFunction | None:
     Example:
         >>> lookup_module(torch.nn.GELU(approximate="tanh")).name
         'gelu_tanh'
-        >>> lookup_module(torch.nn.Tanh()) is None
+        >>> lookup_module(torch.nn.Dropout()) is None
         True
     """
     for entry in FUNCTIONS.values():
