@@ -8,7 +8,7 @@ from torch import nn
 from actlab.activations.hooks import capture
 from actlab.activations.sites import module_sites
 from actlab.errors import ActlabError, user_error_types
-from actlab.init import LSUVError, lsuv_, orthonormal_
+from actlab.functions.lsuv import LSUVError, lsuv_, orthonormal_
 
 
 def _mlp(act: type[nn.Module], depth: int = 10, width: int = 64) -> nn.Sequential:
