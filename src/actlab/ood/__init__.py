@@ -1,6 +1,16 @@
 """Activation-shaping OOD scores (ReAct, ASH-p/b/s, SCALE, energy, max-logit, MSP, Mahalanobis, feature
 norms) over a chosen site, with pytorch-ood's convention (larger = more outlying) and metrics.
 
+Three steps: features at a site (:func:`classifier_features` for a classifier's penultimate layer and its
+head, :func:`module_features` for any module, :func:`lm_features` for a language model's pooled
+sequence features), a detector fitted on in-distribution features (:func:`fit_detector`, names in
+:data:`DETECTORS`), and :func:`ood_metrics` on the scores of inliers and outliers.
+
+For language models there is no classifier head: the logit scores (energy, max-logit, MSP) and the shaped
+ones (ReAct, ASH, SCALE) need ``head=`` (e.g. a linear probe trained on the pooled features); without one,
+``mahalanobis`` (one Gaussian when no labels are given) and ``feature-norm`` (optionally ReAct-clipped or
+ASH/SCALE-shaped first) apply. Next-token (perplexity-like) scores are not defined here.
+
 Example:
     >>> import torch
     >>> from torch import nn
