@@ -150,11 +150,14 @@ def _hooked_paths(model: nn.Module, record: dict[str, Any]) -> list[str]:
 
 
 def _drop_hooks(model: nn.Module) -> None:
+    from actlab.functions.swap_by_name import drop_up_hooks
+
     for m in model.modules():
         stale = [k for k, h in m._forward_pre_hooks.items() if h is _relu_input]
         for k in stale:
             del m._forward_pre_hooks[k]
             m._forward_pre_hooks_with_kwargs.pop(k, None)
+    drop_up_hooks(model)
 
 
 def refresh_swap(model: nn.Module) -> None:
@@ -168,8 +171,11 @@ def refresh_swap(model: nn.Module) -> None:
         >>> model = peft.get_peft_model(model, lora_config)   # doctest: +SKIP
         >>> refresh_swap(model)                               # doctest: +SKIP
     """
+    from actlab.functions.swap_by_name import register_up_hooks
+
     inner = _inner(model)
     _drop_hooks(inner)
+    register_up_hooks(inner)  # a swap by name's f(up) (swap_by_name); without one, drops stale up modules
     record = swap_record(inner)
     if record is None:
         return
@@ -240,6 +246,10 @@ def apply_recorded_swap(model: nn.Module) -> dict[str, Any] | None:
     record = swap_record(model)
     if record is None:
         return None
+    if "function" in record:  # a swap by name (swap_by_name.swap_activation_)
+        from actlab.functions.swap_by_name import apply_record
+
+        return apply_record(model, record)
     extra = sorted(set(record) - {"activation", "theta", "relu_after_norms"})
     if extra or "activation" not in record:
         raise SwapError(f"config.{CONFIG_KEY} = {record} is not an activation swap this actlab can apply")
@@ -259,15 +269,21 @@ class ActivationState:
 
 def activation_state(model: nn.Module) -> ActivationState:
     """The model's current activation (modules and record), to come back to with :func:`restore_activation`."""
+    from actlab.functions.swap_by_name import up_modules
+
     inner = _inner(model)
     key = _act_key(inner.config)
-    return ActivationState(tuple((p, inner.get_submodule(p)) for p in _act_paths(inner)), swap_record(inner),
-                           key, getattr(inner.config, key, None))
+    modules = tuple((p, inner.get_submodule(p)) for p in _act_paths(inner)) + tuple(up_modules(inner))
+    return ActivationState(modules, swap_record(inner), key, getattr(inner.config, key, None))
 
 
 def restore_activation(model: nn.Module, state: ActivationState) -> None:
     """Put back the activation ``state`` saved (on the modules now at the paths: LoRA layers stay)."""
+    from actlab.functions.swap_by_name import up_modules
+
     inner = _inner(model)
+    for p, _ in up_modules(inner):  # the state's own up modules (if any) come back below
+        delattr(inner.get_submodule(p.rpartition(".")[0]), p.rpartition(".")[2])
     for p, m in state.modules:
         _set(inner, p, m)
     setattr(inner.config, state.act_key, state.act_value)
