@@ -7,8 +7,8 @@
   ``resid_out``), mean-pooled over the non-pad tokens or taken at the last one (:data:`POOLS`). There is
   no head in the classifier sense: Mahalanobis and the feature norms score these (see ``actlab.ood``).
 
-The module sites are :class:`~actlab.activations.sites.Site` records named by module path, hooked by the
-same :func:`~actlab.activations.hooks.capture` as the canonical sites.
+Modules are addressed by :func:`~actlab.activations.sites.module_sites` (sites named by module path),
+hooked by the same :func:`~actlab.activations.hooks.capture` as the canonical sites.
 
 Example:
     >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from actlab.activations.hooks import capture
-from actlab.activations.sites import Site, resolve_sites
+from actlab.activations.sites import Site, SiteError, module_sites, resolve_sites
 from actlab.models.wrappers import unwrap
 from actlab.ood.errors import OODError
 from actlab.progress import progress_bar
@@ -59,22 +60,25 @@ def find_head(model: nn.Module) -> str:
     Raises:
         OODError: the model has no Linear (pass ``head=`` with the path of the layer that gives logits).
     """
-    root = unwrap(model)[0]
-    paths = [p for p, m in root.named_modules() if p and isinstance(m, nn.Linear)]
-    if not paths:
-        raise OODError(f"{type(root).__name__} has no nn.Linear to use as the head; pass head='<module path>'")
-    return paths[-1]
+    try:
+        linears = module_sites(model, nn.Linear)
+    except SiteError as e:
+        raise OODError(f"{e}; pass head='<module path>' naming the layer that gives the logits") from e
+    return list(linears)[-1]
 
 
 def _module_site(model: nn.Module, path: str, direction: str) -> Site:
     if direction not in ("input", "output"):
         raise OODError(f"direction must be 'input' or 'output', got {direction!r}")
     try:
+        if not path:
+            raise AttributeError("the empty path is the model itself")
         unwrap(model)[0].get_submodule(path)
     except AttributeError as e:
         raise OODError(f"module {path!r} not found in {type(model).__name__}; pass a path from "
                        "model.named_modules()") from e
-    return Site(path, 0, "module", direction, (path,), ())
+    # escaped: the path is a name, not a glob
+    return module_sites(model, nn.Module, patterns=glob.escape(path), direction=direction)[path]
 
 
 def _batches(inputs: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
