@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from actlab.ood.errors import OODError
+from actlab.functions.ood.errors import OODError
 
 __all__ = ["LOGIT_SCORES", "energy", "max_logit", "msp"]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actlab.ood import OODError
-from actlab.ood.mahalanobis import RIDGE, fit_gaussians, mahalanobis_score
+from actlab.functions.ood import OODError
+from actlab.functions.ood.mahalanobis import RIDGE, fit_gaussians, mahalanobis_score
 
 
 def _data(n=60, d=4, classes=3, seed=0):

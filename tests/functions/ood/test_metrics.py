@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actlab.ood import OODError, aupr, auroc, fpr_at_tpr, ood_metrics
+from actlab.functions.ood import OODError, aupr, auroc, fpr_at_tpr, ood_metrics
 
 
 def _pairs_auroc(s_in, s_out) -> float:

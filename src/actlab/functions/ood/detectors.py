@@ -39,10 +39,10 @@ import torch
 from torch import nn
 
 from actlab.configs import from_json_dict, to_json_dict
-from actlab.ood.errors import OODError
-from actlab.ood.mahalanobis import fit_gaussians, mahalanobis_score
-from actlab.ood.scores import LOGIT_SCORES
-from actlab.ood.shaping import SHAPINGS, _check_fraction, percentile, react
+from actlab.functions.ood.errors import OODError
+from actlab.functions.ood.mahalanobis import fit_gaussians, mahalanobis_score
+from actlab.functions.ood.scores import LOGIT_SCORES
+from actlab.functions.ood.shaping import SHAPINGS, _check_fraction, percentile, react
 
 __all__ = ["DETECTORS", "AshBConfig", "AshPConfig", "AshSConfig", "Detector", "DetectorConfig", "EnergyConfig",
            "FeatureNormConfig", "MahalanobisConfig", "MaxLogitConfig", "MspConfig", "ReActConfig", "ScaleConfig",
@@ -217,7 +217,7 @@ class ScaleConfig(_ShapedConfig):
 @register_detector
 @dataclass(frozen=True)
 class MahalanobisConfig(DetectorConfig):
-    """Mahalanobis (Lee et al. 2018): class Gaussians with a shared covariance (see ``actlab.ood.mahalanobis``).
+    """Mahalanobis (Lee et al. 2018): class Gaussians with a shared covariance (see ``actlab.functions.ood.mahalanobis``).
 
     Attributes:
         normalize: divide the scatter matrix by ``N`` (the paper's covariance) rather than pytorch-ood's sum.
@@ -310,7 +310,7 @@ def fit_detector(
     Args:
         name: a registered name (:data:`DETECTORS`: energy, max-logit, msp, react, ash-p, ash-b, ash-s,
             scale, mahalanobis, feature-norm) or a config instance.
-        features_in: in-distribution features ``[N, ...]``, e.g. :func:`actlab.ood.classifier_features`'s.
+        features_in: in-distribution features ``[N, ...]``, e.g. :func:`actlab.functions.ood.classifier_features`'s.
         labels: class per row (Mahalanobis; ``None`` = one class).
         head: features -> logits (the classifier's final Linear), for the logit-based detectors.
         **params: the config's fields when ``name`` is a string, e.g. ``percentile=0.9``.

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actlab.ood.errors import OODError
+from actlab.functions.ood.errors import OODError
 
 __all__ = ["Gaussians", "fit_gaussians", "mahalanobis_score"]
 

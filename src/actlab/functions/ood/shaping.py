@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import torch
 
-from actlab.ood.errors import OODError
+from actlab.functions.ood.errors import OODError
 
 __all__ = ["SHAPINGS", "ash_b", "ash_p", "ash_s", "kept_count", "percentile", "react", "scale"]
 

@@ -22,7 +22,7 @@ Example:
     ['AUPR-IN', 'AUPR-OUT', 'AUROC', 'FPR95TPR']
 """
 
-from actlab.ood.detectors import (
+from actlab.functions.ood.detectors import (
     DETECTORS,
     AshBConfig,
     AshPConfig,
@@ -40,8 +40,8 @@ from actlab.ood.detectors import (
     fit_detector,
     register_detector,
 )
-from actlab.ood.errors import OODError
-from actlab.ood.features import (
+from actlab.functions.ood.errors import OODError
+from actlab.functions.ood.features import (
     POOLS,
     ClassifierFeatures,
     classifier_features,
@@ -50,7 +50,7 @@ from actlab.ood.features import (
     module_features,
     pool_sequence,
 )
-from actlab.ood.metrics import aupr, auroc, fpr_at_tpr, ood_metrics
+from actlab.functions.ood.metrics import aupr, auroc, fpr_at_tpr, ood_metrics
 
 __all__ = [
     "DETECTORS",

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from actlab.ood import (
+from actlab.functions.ood import (
     DETECTORS,
     AshSConfig,
     OODError,
@@ -15,7 +15,7 @@ from actlab.ood import (
     detector_from_dict,
     fit_detector,
 )
-from actlab.ood.scores import energy, max_logit, msp
+from actlab.functions.ood.scores import energy, max_logit, msp
 
 
 def _setup(seed=0, n=80, d=16, classes=5):

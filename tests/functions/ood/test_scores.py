@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from actlab.ood import OODError
-from actlab.ood.scores import energy, max_logit, msp
+from actlab.functions.ood import OODError
+from actlab.functions.ood.scores import energy, max_logit, msp
 
 
 def test_scores_by_hand():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from actlab.errors import user_error_types
-from actlab.ood import OODError
-from actlab.ood.shaping import ash_b, ash_p, ash_s, kept_count, percentile, react, scale
+from actlab.functions.ood import OODError
+from actlab.functions.ood.shaping import ash_b, ash_p, ash_s, kept_count, percentile, react, scale
 
 
 def _feats(shape=(6, 10), seed=0) -> torch.Tensor:

@@ -5,7 +5,7 @@
   Any other module's input or output can be read too (:func:`module_features`), without a head.
 * A language model: one vector per sequence from a canonical site (default: the last layer's
   ``resid_out``), mean-pooled over the non-pad tokens or taken at the last one (:data:`POOLS`). There is
-  no head in the classifier sense: Mahalanobis and the feature norms score these (see ``actlab.ood``).
+  no head in the classifier sense: Mahalanobis and the feature norms score these (see ``actlab.functions.ood``).
 
 Modules are addressed by :func:`~actlab.activations.sites.module_sites` (sites named by module path),
 hooked by the same :func:`~actlab.activations.hooks.capture` as the canonical sites.
@@ -30,7 +30,7 @@ from torch import nn
 from actlab.activations.hooks import capture
 from actlab.activations.sites import Site, SiteError, module_sites, resolve_sites
 from actlab.models.wrappers import unwrap
-from actlab.ood.errors import OODError
+from actlab.functions.ood.errors import OODError
 from actlab.progress import progress_bar
 
 __all__ = ["POOLS", "ClassifierFeatures", "classifier_features", "find_head", "lm_features", "module_features",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from actlab.ood.errors import OODError
+from actlab.functions.ood.errors import OODError
 
 __all__ = ["aupr", "auroc", "fpr_at_tpr", "ood_metrics"]
 

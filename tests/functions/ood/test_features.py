@@ -9,7 +9,7 @@ from torch import nn
 
 import actlab
 from actlab.activations.sites import SiteError
-from actlab.ood import (
+from actlab.functions.ood import (
     OODError,
     classifier_features,
     find_head,
