@@ -29,8 +29,8 @@ from torch import nn
 
 from actlab.activations.hooks import capture
 from actlab.activations.sites import Site, SiteError, module_sites, resolve_sites
-from actlab.models.wrappers import unwrap
 from actlab.functions.ood.errors import OODError
+from actlab.models.wrappers import unwrap
 from actlab.progress import progress_bar
 
 __all__ = ["POOLS", "ClassifierFeatures", "classifier_features", "find_head", "lm_features", "module_features",
