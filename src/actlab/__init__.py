@@ -57,6 +57,17 @@ _EXPORTS: dict[str, str] = {
     "decompose": "actlab.interp.cdt",
     "SparseAutoencoder": "actlab.interp.sae",
     "train_sae": "actlab.interp.sae_train",
+    "module_sites": "actlab.activations.sites",
+    "lsuv_": "actlab.functions.lsuv",
+    "LSUVReport": "actlab.functions.lsuv",
+    "record_codes": "actlab.interp.codes",
+    "code_metrics": "actlab.interp.codes",
+    "ActivationCodes": "actlab.interp.codes",
+    "CodeTracker": "actlab.interp.codes",
+    "fit_detector": "actlab.functions.ood",
+    "ood_metrics": "actlab.functions.ood",
+    "classifier_features": "actlab.functions.ood",
+    "lm_features": "actlab.functions.ood",
 }
 
 

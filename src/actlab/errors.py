@@ -29,6 +29,9 @@ _USER_ERRORS: list[tuple[str, str]] = [
     ("actlab.interp.ablate", "InterventionError"),
     ("actlab.interp.patching", "PatchingError"),
     ("actlab.interp.steering", "SteeringError"),
+    ("actlab.functions.lsuv", "LSUVError"),
+    ("actlab.interp.codes", "CodesError"),
+    ("actlab.functions.ood.errors", "OODError"),
 ]
 
 
