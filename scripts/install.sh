@@ -41,6 +41,11 @@ if [ ${#pins[@]} -eq 0 ]; then
 else
     pip_install "${pins[@]}" -e ".${extras}"
 fi
+if [ -n "$extras" ]; then
+    # the reference the OOD scores are tested against; --no-deps: it requires torchvision, whose PyPI build
+    # does not import beside a CPU torch, and its detectors need only torch, numpy and scipy
+    pip_install "${pins[@]}" --no-deps pytorch-ood
+fi
 hash -r 2>/dev/null || true
 command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
 "$PY" -c "import actlab, transformers; from actlab.kernels import ops; print('actlab', actlab.__version__, '- transformers', transformers.__version__, '- kernels', 'compiled' if ops.available() else 'NOT compiled (masking fallback)')" >&2
