@@ -189,3 +189,18 @@ def test_bad_swaps_are_user_errors_and_touch_nothing(tmp_path):
     with pytest.raises(SwapError, match="not an activation swap"):
         apply_record(model, {"function": "relu", "extra": 1})
     assert issubclass(SwapError, user_error_types())
+
+
+def test_a_copy_of_a_swapped_model_runs_its_own_up_modules():
+    import copy
+
+    model, _ = actlab.load_model("random:tiny-llama")
+    swap_activation_(model, "sau", where="up")
+    twin = copy.deepcopy(model)
+    hook = next(h for h in twin.model.layers[0].mlp.up_proj._forward_hooks.values() if isinstance(h, UpActivation))
+    assert hook.owner is twin.model.layers[0].mlp
+    ids = torch.randint(3, 500, (1, 6))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, twin(ids).logits)
+        twin.model.layers[0].mlp.actlab_up_act.alpha.add_(0.5)
+        assert not torch.equal(model(ids).logits, twin(ids).logits)

@@ -12,6 +12,9 @@ kind         what the MLP computes                                  saved ``hidd
 ``drelu``    ``relu(gate) * relu(up)`` (Turbo Sparse's dReLU)       ``relu`` (+ the record)
 ===========  =====================================================  ============================
 
+Any other function of the table, on the gate, the up projection or both, is
+:func:`actlab.functions.swap_by_name.swap_activation_`; its record is a different shape, re-applied here too.
+
 ``relu_after_norms`` (ReLU Strikes Back, stage 2) adds a ReLU on the outputs of the norms before attention
 and MLP, i.e. on the canonical input sites ``attn.qkv_in`` and ``mlp.gate_up_in`` (``mlp.in``).
 
