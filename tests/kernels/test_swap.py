@@ -136,7 +136,15 @@ def test_swapped_activation_is_what_the_fused_kernel_runs(config):
     torch.testing.assert_close(step, masked_step, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("act", [torch.nn.GELU(), torch.nn.Tanh()], ids=["gelu-no-kernel", "not-in-table"])
+class _NotInTable(torch.nn.Module):
+    """An activation module whose class the activation table does not know."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x) * 1.5
+
+
+@pytest.mark.parametrize("act", [torch.nn.GELU(), torch.nn.Tanh(), _NotInTable()],
+                         ids=["gelu-no-kernel", "tanh-no-kernel", "not-in-table"])
 def test_activation_the_kernel_cannot_run_stays_masked_with_warning(act):
     from actlab.kernels.linear import SparseGatedMLP
 
