@@ -2,6 +2,8 @@
 gated architecture, saves and loads back (learnable coefficients included), runs the original again inside
 activation_as, and follows LoRA's wrap and merge."""
 
+import logging
+
 import pytest
 import torch
 
@@ -204,3 +206,35 @@ def test_a_copy_of_a_swapped_model_runs_its_own_up_modules():
         assert torch.equal(model(ids).logits, twin(ids).logits)
         twin.model.layers[0].mlp.actlab_up_act.alpha.add_(0.5)
         assert not torch.equal(model(ids).logits, twin(ids).logits)
+
+
+def _report(*rows: tuple[str, str]) -> logging.LogRecord:
+    body = "\n".join(["Key | Status | |", "----+--------+-+-"] + [f"{k} | {s} | |" for k, s in rows])
+    return logging.LogRecord("transformers.modeling_utils", logging.WARNING, __file__, 0,
+                             "LlamaForCausalLM LOAD REPORT from: d\n" + body + "\n\nNotes:\n- UNEXPECTED: ...", None, None)
+
+
+def test_the_load_report_is_left_out_only_for_the_swapped_activations_own_keys():
+    from actlab.functions.swap_by_name import _SwapKeysReport
+
+    f = _SwapKeysReport()
+    assert not f.filter(_report(("model.layers.{0, 1}.mlp.act_fn.numerator", "UNEXPECTED"),
+                                ("model.layers.{0, 1}.mlp.actlab_up_act.denominator", "UNEXPECTED")))
+    assert f.filter(_report(("model.layers.{0, 1}.mlp.act_fn.numerator", "UNEXPECTED"),
+                            ("model.layers.0.self_attn.q_proj.weight", "MISSING")))
+    assert f.filter(_report(("model.layers.0.mlp.act_fn.numerator", "MISSING")))
+    assert f.filter(logging.LogRecord("t", logging.WARNING, __file__, 0, "something else", None, None))
+
+
+def test_a_saved_learnable_swap_loads_without_an_unexpected_keys_report(tmp_path, capfd):
+    model, tok = actlab.load_model("random:tiny-llama")
+    swap_activation_(model, "pau", where="both", init="gelu")
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    capfd.readouterr()
+    back, _ = actlab.load_model(str(tmp_path / "m"))
+    out = capfd.readouterr()
+    assert "LOAD REPORT" not in out.err + out.out and "UNEXPECTED" not in out.err + out.out
+    ids = torch.randint(3, 259, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, model.eval()(ids).logits)

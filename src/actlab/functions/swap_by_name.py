@@ -34,6 +34,10 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +207,41 @@ def _swap(model: nn.Module, entry: ActivationFunction, where: str, resolved: dic
     setattr(config, CONFIG_KEY, dict(record))
     refresh_swap(inner)
     return {**record, "hidden_act": getattr(config, _act_key(config), None), "layers": len(paths)}
+
+
+class _SwapKeysReport(logging.Filter):
+    """Drops transformers' load report when every key it lists is an UNEXPECTED parameter of a swapped activation
+    (``act_fn.*`` or ``actlab_up_act.*``): transformers loads before actlab re-applies the swap, which then
+    reads those tensors from the checkpoint itself. Any other key keeps the whole report."""
+
+    _KEY = re.compile(rf"\.mlp\.(act_fn|{UP_NAME})\.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "LOAD REPORT" not in msg:
+            return True
+        rows = [[c.strip() for c in line.split("|")] for line in msg.splitlines() if line.count("|") >= 1]
+        keys = [r for r in rows[1:] if len(r) >= 2 and r[1] and not set(r[0]) <= {"-", "+"}]
+        return not keys or not all(r[1] == "UNEXPECTED" and self._KEY.search(r[0]) for r in keys)
+
+
+@contextmanager
+def quiet_swap_keys(config: Any) -> Iterator[None]:
+    """While a model whose ``config`` records a swap by name loads, leave out transformers' report of the swapped
+    activations' own parameters as unexpected keys (only those; see :class:`_SwapKeysReport`)."""
+    record = getattr(config, CONFIG_KEY, None)
+    if not isinstance(record, dict) or "function" not in record:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in ("transformers.modeling_utils", "transformers.utils.loading_report")]
+    f = _SwapKeysReport()
+    for lg in loggers:
+        lg.addFilter(f)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(f)
 
 
 def _swapped_state_keys(model: nn.Module) -> dict[str, Tensor]:

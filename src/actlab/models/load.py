@@ -134,7 +134,10 @@ def _load_pretrained(name: str, dtype: torch.dtype, hub: bool = False) -> tuple[
         raise ModelLoadError(f"cannot load model {name!r} from {where}: {str(e).splitlines()[0]}") from e
     if config.model_type not in ADAPTERS:
         get_adapter(config.model_type)  # raises UnknownArchitectureError with the list
-    model = _model_class(config).from_pretrained(name, dtype=dtype)
+    from actlab.functions.swap_by_name import quiet_swap_keys
+
+    with quiet_swap_keys(config):  # a learnable swap's own parameters, which apply_recorded_swap loads
+        model = _model_class(config).from_pretrained(name, dtype=dtype)
     tok = transformers.AutoTokenizer.from_pretrained(name)
     return model, tok
 
