@@ -143,3 +143,13 @@ def test_label_tokens_and_input_checks() -> None:
         tr.update(torch.zeros(5), layer=0)
     with pytest.raises(ValueError, match="configs"):
         tr.merge(MassiveTracker(MassiveConfig(top_n=3)))
+
+
+def test_threshold_between_float32_values_is_exact() -> None:
+    # ratio * median a hair above a float32 value rounds down to it in float32; the value must still miss
+    x = torch.ones(1, 4, 4)
+    x[0, 1, 2] = 200.0
+    just_above = 200.0 * (1 + 1e-12)
+    assert float(torch.tensor(just_above, dtype=torch.float32)) == 200.0  # the rounding to avoid
+    assert MassiveTracker(MassiveConfig(abs_threshold=0.0, ratio=just_above)).update(x, layer=0) == 0
+    assert MassiveTracker(MassiveConfig(abs_threshold=0.0, ratio=200.0)).update(x, layer=0) == 1

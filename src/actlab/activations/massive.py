@@ -73,6 +73,15 @@ def _lower_median(a: torch.Tensor) -> float:
     return float(np.partition(flat, k)[k])
 
 
+def _f32_ceil(t: float) -> float:
+    """Smallest float32 >= ``t``: ``a >= it`` on float32 ``a`` is then exactly ``a >= t`` in real numbers
+    (comparing with ``t`` itself would round it to the nearest float32, which can fall below ``t``)."""
+    t32 = np.float32(t)
+    if float(t32) < t:
+        t32 = np.nextafter(t32, np.float32(np.inf))
+    return float(t32)
+
+
 def _empty_records() -> dict[str, torch.Tensor]:
     return {
         k: torch.zeros(0, dtype=torch.float64 if k in ("value", "ratio") else torch.int64) for k in _FIELDS
@@ -123,7 +132,7 @@ class MassiveTracker:
         if top < cfg.abs_threshold:
             return 0  # the common cheap exit: no candidate at all
         med = _lower_median(a) if median is None else float(median)
-        hits = (a >= max(cfg.abs_threshold, cfg.ratio * med)).nonzero()  # [K, 3] = (b, s, c)
+        hits = (a >= _f32_ceil(max(cfg.abs_threshold, cfg.ratio * med))).nonzero()  # [K, 3] = (b, s, c)
         k = hits.shape[0]
         if k == 0:
             return 0
