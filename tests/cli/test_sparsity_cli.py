@@ -38,6 +38,20 @@ def test_calibrate_writes_a_loadable_plan(plan_dir):
     plan = actlab.SparsityPlan.load(plan_dir)
     assert plan.method == "teal" and plan.calibration["data"].endswith("notes.txt")
     assert plan.calibration["split"] == "calib"
+    card = (plan_dir / "README.md").read_text()  # the directory is a Hub artefact as written
+    assert "library_name: actlab" in card and "# teal activation-sparsity plan" in card
+
+
+def test_plan_as_hub_repo_id_offline_is_one_error_line(corpus, monkeypatch, tmp_path):
+    import huggingface_hub.constants as c
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    res = _run("eval", *COMMON, "--plan", "nobody/no-such-plan", "--data", corpus, "--tokens", 256)
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: no local directory 'nobody/no-such-plan', and cannot fetch"), res.output
+    assert "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("protocol", ["strict", "teal"])

@@ -12,7 +12,7 @@ from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libra
 
 def bench(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: alias, directory, .gguf, random:<preset> or hub id."),
-    plan: Path = typer.Option(None, "--plan", help="A plan directory from `actlab calibrate`."),
+    plan: Path = typer.Option(None, "--plan", help="A plan directory from `actlab calibrate`, or a Hub repo id (owner/name)."),
     method: str = typer.Option(None, "--method", help="Or calibrate one now: teal, wina, chess, cats, cett."),
     sparsity: float = typer.Option(None, "--sparsity", "-s", help="With --method: model-wide target sparsity."),
     allocation: str = typer.Option("uniform", "--allocation", "-a", help="With --method teal/wina: uniform, greedy or global."),
@@ -75,7 +75,7 @@ def bench(
         from actlab.sparsity.config import config_from_dict
 
         quiet_libraries()
-        the_plan = actlab.SparsityPlan.load(plan) if plan is not None else None
+        the_plan = actlab.SparsityPlan.from_pretrained(plan) if plan is not None else None
         extra = {"allocation": allocation} if method in ("teal", "wina") else {}
         if method is not None:  # an unknown method or field is refused before the model loads
             check_calibratable(method)

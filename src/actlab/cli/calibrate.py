@@ -88,7 +88,7 @@ def calibrate(
                 plan = result.plan
         plan.calibration.update({"model": model, "data": data, "corpus_fingerprint": corpus.fingerprint,
                                  "split": "calib", "search_tokens": int(heldout.numel()) if result else 0})
-        plan.save(out, overwrite=overwrite)
+        plan.save_pretrained(out, overwrite=overwrite)  # README.md card: the directory is a Hub artefact
     summary: dict[str, Any] = {
         "plan": str(out),
         "method": plan.method,

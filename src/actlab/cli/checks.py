@@ -64,9 +64,13 @@ def corpus(spec: str) -> None:
 
 
 def plan_dir(plan: Path | None) -> None:
-    """``--plan`` exists (the plan itself is loaded, and checked in full, before the model)."""
-    if plan is not None and not Path(plan).expanduser().exists():
-        fail(f"--plan {plan} does not exist; pass a directory written by `actlab calibrate` or plan.save()")
+    """``--plan`` exists, or is shaped like a Hub repo id (the plan itself is loaded, and checked in full, before
+    the model)."""
+    from actlab.sparsity.hub import is_repo_id
+
+    if plan is not None and not Path(plan).expanduser().exists() and not is_repo_id(str(plan)):
+        fail(f"--plan {plan} does not exist; pass a directory written by `actlab calibrate` or plan.save(), "
+             "or a Hub repo id (owner/name)")
 
 
 def out_dir(out: str | os.PathLike, overwrite: bool, expect: Iterable[str] = ()) -> None:

@@ -12,7 +12,7 @@ from actlab.cli.common import cli_errors, console, print_json, quiet_libraries
 
 def eval(  # noqa: A001  (the command is called eval)
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: alias, directory, .gguf, random:<preset> or hub id."),
-    plan: Path = typer.Option(None, "--plan", help="Plan directory from `actlab calibrate`; without it only the dense model is measured."),
+    plan: Path = typer.Option(None, "--plan", help="Plan directory from `actlab calibrate`, or a Hub repo id (owner/name); without it only the dense model is measured."),
     data: str = typer.Option("default", "--data", "-d", help="Corpus: 'default' (built-in, offline), a text file, a directory, a .jsonl[:field] or hf:<name>."),
     tokens: int = typer.Option(16384, "--tokens", "-n", help="Evaluation tokens, from the corpus's eval split (disjoint from calibration)."),
     seq_len: int = typer.Option(256, "--seq-len", "-L", help="Tokens per window."),
@@ -46,7 +46,7 @@ def eval(  # noqa: A001  (the command is called eval)
 
         if protocol not in PROTOCOLS:
             raise EvalError(f"unknown --protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
-        loaded = actlab.SparsityPlan.load(plan) if plan is not None else None  # fail before loading a model
+        loaded = actlab.SparsityPlan.from_pretrained(plan) if plan is not None else None  # fail before loading a model
         if threads > 0:
             torch.set_num_threads(threads)
         quiet_libraries()

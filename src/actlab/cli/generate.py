@@ -14,7 +14,7 @@ from actlab.cli.common import cli_errors, fail, print_json, quiet_libraries
 def generate(
     prompt: str = typer.Argument(..., help="The prompt text."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model: alias, directory, .gguf, random:<preset> or hub id."),
-    plan: Path = typer.Option(None, "--plan", help="Plan directory from `actlab calibrate` (applied with actlab.apply_)."),
+    plan: Path = typer.Option(None, "--plan", help="Plan directory from `actlab calibrate`, or a Hub repo id (owner/name); applied with actlab.apply_."),
     steer: Path = typer.Option(None, "--steer", help="Steering vector directory from `actlab steer`, added to the residual stream while generating."),
     steer_scale: float = typer.Option(1.0, "--steer-scale", help="Multiple of the steering vector to add (negative steers the other way; with --steer)."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens to generate."),
@@ -50,7 +50,7 @@ def generate(
         import actlab
         from actlab.interp.steering import SteeringError, SteeringVector, apply_steering
 
-        loaded = actlab.SparsityPlan.load(plan) if plan is not None else None
+        loaded = actlab.SparsityPlan.from_pretrained(plan) if plan is not None else None
         try:
             vector = SteeringVector.load(steer) if steer is not None else None
         except SteeringError as e:  # also in actlab.errors' registry; caught here for a clean line

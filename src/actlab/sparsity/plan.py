@@ -165,23 +165,67 @@ class SparsityPlan:
         Raises:
             PlanError: invalid entries or metrics. OutputError: ``out`` cannot be written as asked.
         """
-        from safetensors.torch import save_file
+        from actlab.outputs import staged_output
 
-        from actlab.outputs import default_mode, staged_output, write_json_atomic
+        self._check()
+        with staged_output(out, overwrite=overwrite) as tmp:
+            self._write_into(tmp)
+        return Path(out)
 
+    def save_pretrained(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
+        """:meth:`save` plus a Hub model card (``README.md``): the directory is a Hub artefact as it stands.
+
+        Example:
+            >>> plan.save_pretrained("plans/teal50")                                  # doctest: +SKIP
+            >>> SparsityPlan.from_pretrained("plans/teal50").method                  # doctest: +SKIP
+            'teal'
+        """
+        from actlab.sparsity.hub import save_pretrained
+
+        return save_pretrained(self, out, overwrite=overwrite)
+
+    @classmethod
+    def from_pretrained(cls, repo_or_dir: str | os.PathLike, revision: str | None = None) -> SparsityPlan:
+        """Load a plan from a local directory (offline) or a Hub repository id (``owner/name``).
+
+        Example:
+            >>> SparsityPlan.from_pretrained("someone/smollm2-teal50")               # doctest: +SKIP
+        """
+        from actlab.sparsity.hub import from_pretrained
+
+        return from_pretrained(repo_or_dir, revision=revision)
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str | None = None) -> str:
+        """Upload the plan and its model card to Hub repository ``repo_id`` (created if missing); needs
+        ``huggingface_hub`` and the network. Returns the commit URL.
+
+        Example:
+            >>> plan.push_to_hub("me/smollm2-teal50")                                # doctest: +SKIP
+        """
+        from actlab.sparsity.hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message)
+
+    def _check(self) -> None:
         _check_entries(self.entries)
         check_numbers(self.metrics, "metrics", METRIC_NUMBERS, where="plan")
+
+    def _write_into(self, tmp: Path) -> None:
+        """Write the two plan files into the staging directory ``tmp``."""
+        from safetensors.torch import save_file
+
+        from actlab.outputs import default_mode, write_json_atomic
+
         tensors = {e.key: e.threshold.detach().float().cpu().contiguous() for e in self.entries}
         tensors.update({e.key + ROTATION_SUFFIX: e.rotation.detach().float().cpu().contiguous()
                         for e in self.entries if e.rotation is not None})
-        with staged_output(out, overwrite=overwrite) as tmp:
-            save_file(tensors, str(tmp / THRESHOLDS), metadata={"format": FORMAT, "version": str(VERSION)})
-            os.chmod(tmp / THRESHOLDS, default_mode(0o666))  # safetensors writes 0600; plan.json gets the umask's
-            doc = self.to_json()
-            doc["calibration"], doc["extra"] = finite_or_null(doc["calibration"]), finite_or_null(doc["extra"])
-            doc["thresholds_sha256"] = _sha256(tmp / THRESHOLDS)
-            write_json_atomic(tmp / PLAN_JSON, doc)
-        return Path(out)
+        save_file(tensors, str(tmp / THRESHOLDS), metadata={"format": FORMAT, "version": str(VERSION)})
+        os.chmod(tmp / THRESHOLDS, default_mode(0o666))  # safetensors writes 0600; plan.json gets the umask's
+        doc = self.to_json()
+        doc["calibration"], doc["extra"] = finite_or_null(doc["calibration"]), finite_or_null(doc["extra"])
+        doc["thresholds_sha256"] = _sha256(tmp / THRESHOLDS)
+        write_json_atomic(tmp / PLAN_JSON, doc)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SparsityPlan:
