@@ -190,7 +190,7 @@ def optimize(
         "run": run_log.finish(),
     }
     with staged_output(out, overwrite=overwrite) as tmp:
-        best.plan.save(tmp / "plan")
+        best.plan.save_pretrained(tmp / "plan")  # with its model card: D/plan is a Hub artefact
         images = {"density_by_layer": density_by_layer(prof, tmp / "density_by_layer.png"),
                   "histograms": histograms(prof, tmp / "histograms.png")}
         write_json_atomic(tmp / "summary.json", summary)

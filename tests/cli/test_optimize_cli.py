@@ -30,6 +30,7 @@ def test_optimize_end_to_end_json(tmp_path, corpus):
     summary = json.loads(res.stdout)
     assert summary["chosen"] == "teal" and summary["sparsity_target"] == 0.3
     assert (out / "report.html").is_file() and (out / "plan" / "plan.json").is_file()
+    assert "library_name: actlab" in (out / "plan" / "README.md").read_text()  # the plan is a Hub artefact
 
 
 @pytest.mark.parametrize("args, pattern", [
