@@ -41,6 +41,10 @@ def test_card_without_hub_model_has_no_base_model(plan):
     p = SparsityPlan(plan.config, plan.model, plan.entries, plan.metrics, {"model": "random:tiny-llama"}, {})
     card = hub.model_card(p)
     assert "base_model" not in card and "perplexity" not in card
+    p.calibration["model"] = "smollm2-135m"  # the embedded default: its Hub origin, loaded by its own name
+    card = hub.model_card(p)
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert 'actlab.load_model("smollm2-135m")' in card
 
 
 def test_from_pretrained_refuses_what_is_neither_dir_nor_repo_id(tmp_path):

@@ -40,9 +40,17 @@ def _pct(v: Any) -> str:
     return f"{100.0 * v:.1f}%" if isinstance(v, (int, float)) else "-"
 
 
+#: the Hub model an embedded model was converted from (the card's ``base_model``; its weights are the GGUF's)
+EMBEDDED_BASE = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
 def _base_model(plan: SparsityPlan) -> str | None:
     name = plan.calibration.get("model")
-    if isinstance(name, str) and _REPO_ID.match(name) and not Path(name).expanduser().exists():
+    if not isinstance(name, str):
+        return None
+    if name in EMBEDDED_BASE:
+        return EMBEDDED_BASE[name]
+    if _REPO_ID.match(name) and not Path(name).expanduser().exists():
         return name
     return None
 
@@ -68,17 +76,19 @@ def model_card(plan: SparsityPlan, repo_id: str | None = None) -> str:
             ("model-wide sparsity (calibration)", _pct(m.get("sparsity_model_wide"))),
             ("weight bytes skipped", _pct(m.get("bytes_skipped_frac"))),
             ("entries (sites)", str(len(plan.entries))),
-            ("model", base or str(cal.get("model", arch))),
+            ("model", str(cal.get("model", arch))),
             ("architecture, layers", f"{arch}, {plan.model.get('num_layers', '-')}"),
             ("weights sha256 (sample)", f"`{str(plan.model.get('weights_sha256', '-'))[:16]}`"),
             ("calibration data", str(cal.get("data", "-"))), ("actlab", __version__)]
     search = plan.extra.get("search") if isinstance(plan.extra.get("search"), dict) else None
     if search and isinstance(search.get("ppl"), (int, float)) and isinstance(search.get("ppl_dense"), (int, float)):
+        pct = 100.0 * (search["ppl"] / search["ppl_dense"] - 1.0) if search["ppl_dense"] > 0 else 0.0
         rows.append(("perplexity, held-out (dense -> sparse)",
-                     f"{search['ppl_dense']:.3f} -> {search['ppl']:.3f} ({search.get('ppl_increase_pct', 0):+.2f}%)"))
+                     f"{search['ppl_dense']:.3f} -> {search['ppl']:.3f} ({pct:+.2f}%)"))
     table = ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
     config = json.dumps(plan.config.to_dict(), indent=2, sort_keys=True)
-    load = base or "MODEL"
+    spec = cal.get("model")
+    load = spec if isinstance(spec, str) and (spec in EMBEDDED_BASE or spec == base) else "MODEL"
     usage = ["```python", "import actlab", "from actlab import SparsityPlan", "",
              f'model, tok = actlab.load_model("{load}")',
              f'plan = SparsityPlan.from_pretrained("{repo_id or "path/to/this/plan"}")',
