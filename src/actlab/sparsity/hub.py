@@ -18,16 +18,14 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from actlab.sparsity.errors import PlanError
-
-if TYPE_CHECKING:
-    from actlab.sparsity.plan import SparsityPlan
+from actlab.sparsity.plan import PLAN_JSON, THRESHOLDS, SparsityPlan
 
 CARD = "README.md"
 #: the files a plan repository holds; nothing else is downloaded or uploaded
-HUB_FILES = ("plan.json", "thresholds.safetensors", CARD)
+HUB_FILES = (PLAN_JSON, THRESHOLDS, CARD)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -50,7 +48,7 @@ def _base_model(plan: SparsityPlan) -> str | None:
         return None
     if name in EMBEDDED_BASE:
         return EMBEDDED_BASE[name]
-    if _REPO_ID.match(name) and not Path(name).expanduser().exists():
+    if is_repo_id(name) and not Path(name).expanduser().exists():
         return name
     return None
 
@@ -87,8 +85,7 @@ def model_card(plan: SparsityPlan, repo_id: str | None = None) -> str:
                      f"{search['ppl_dense']:.3f} -> {search['ppl']:.3f} ({pct:+.2f}%)"))
     table = ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
     config = json.dumps(plan.config.to_dict(), indent=2, sort_keys=True)
-    spec = cal.get("model")
-    load = spec if isinstance(spec, str) and (spec in EMBEDDED_BASE or spec == base) else "MODEL"
+    load = cal["model"] if base else "MODEL"  # a card names a model only when it is the one calibrated on
     usage = ["```python", "import actlab", "from actlab import SparsityPlan", "",
              f'model, tok = actlab.load_model("{load}")',
              f'plan = SparsityPlan.from_pretrained("{repo_id or "path/to/this/plan"}")',
@@ -115,15 +112,13 @@ def save_pretrained(plan: SparsityPlan, out: str | os.PathLike, overwrite: bool 
 
 def from_pretrained(repo_or_dir: str | os.PathLike, revision: str | None = None) -> SparsityPlan:
     """A plan from a local directory, or downloaded from Hub repository ``owner/name`` (``huggingface_hub``)."""
-    from actlab.sparsity.plan import SparsityPlan
-
     path = Path(repo_or_dir).expanduser()
     if path.exists():
         if revision is not None:
             raise PlanError(f"{path} is a local directory: revision={revision!r} applies to Hub repositories only")
         return SparsityPlan.load(path)
     name = str(repo_or_dir)
-    if not _REPO_ID.match(name):
+    if not is_repo_id(name):
         raise PlanError(f"no plan directory {name!r}, and it is not a Hub repository id (owner/name): "
                         "pass a directory written by plan.save_pretrained() or `actlab calibrate`, or a repo id")
     try:
@@ -143,7 +138,7 @@ def from_pretrained(repo_or_dir: str | os.PathLike, revision: str | None = None)
 def push_to_hub(plan: SparsityPlan, repo_id: str, private: bool | None = None, token: str | None = None,
                 commit_message: str | None = None) -> str:
     """Create ``repo_id`` if needed and upload the plan files and card in one commit; returns the commit URL."""
-    if not _REPO_ID.match(repo_id):
+    if not is_repo_id(repo_id):
         raise PlanError(f"repo id {repo_id!r} must look like owner/name")
     try:
         from huggingface_hub import HfApi
