@@ -10,7 +10,8 @@ Three promises, kept by :func:`staged_output` (and :func:`claim_output` for a wh
   anything, to replace a file it did not write. Files it did not write are never deleted.
 - **One writer**: a run holds an exclusive lock (``flock`` on ``.OUT.actlab-lock`` beside ``OUT``) while it
   works; a second run on the same ``--out`` fails at once, naming the first one's pid. The kernel drops the
-  lock when its process dies, so a stale lock file never blocks anyone.
+  lock when its process dies, so a stale lock file never blocks anyone. A run of several processes
+  (torchrun) claims and writes from rank 0 only (:func:`claim_output_main`).
 
 Example:
     >>> with staged_output("runs/profile") as tmp:     # doctest: +SKIP
@@ -32,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -328,6 +329,39 @@ def claim_output(out: str | os.PathLike, overwrite: bool = False, expect: Iterab
     """
     with output_lock(out, overwrite) as path:
         yield check_writable(path, overwrite, expect)
+
+
+@contextmanager
+def claim_output_main(out: str | os.PathLike, overwrite: bool = False, expect: Iterable[str] = (),
+                      dist: Any = None) -> Iterator[Path | None]:
+    """:func:`claim_output` by rank 0 of ``dist`` (an :class:`actlab.distributed.Dist`) only, the one process
+    that writes; yields the path there and None on the other ranks.
+
+    Every rank learns whether the claim held before any work starts, so a refused ``--out`` stops all of them
+    at once (rank 0 raises its own error, the others an :class:`OutputError` saying so) instead of leaving
+    them waiting in a collective. ``dist=None`` or one process: exactly :func:`claim_output`.
+
+    Example:
+        >>> with claim_output_main("runs/prof", dist=d) as out:   # doctest: +SKIP
+        ...     if out is not None: ...                           # rank 0 writes
+    """
+    from actlab.distributed import all_ok, is_multi
+
+    if not is_multi(dist):
+        with claim_output(out, overwrite, expect) as path:
+            yield path
+        return
+    with ExitStack() as stack:
+        path, failed = None, None
+        if dist.is_main:
+            try:
+                path = stack.enter_context(claim_output(out, overwrite, expect))
+            except Exception as e:  # raised below, once every process knows to stop
+                failed = e
+        if not all_ok(failed is None, dist):
+            raise failed if failed is not None else OutputError(
+                f"--out {out}: process 0 could not claim it (see its error)")
+        yield path
 
 
 def claims_output(param: str = "out", expect: Iterable[str] = ()) -> Callable[[F], F]:

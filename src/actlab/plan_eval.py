@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from actlab.distributed import Dist
 from actlab.errors import ActlabError
 from actlab.models.wrappers import unwrap
 from actlab.sparsity.apply import apply_, check_plan, dense_prefix, remove_, track_sparsity
@@ -82,10 +83,16 @@ def evaluate_plan(
     batch_size: int = 8,
     progress: bool = False,
     ppl_dense: float | None = None,
+    dist: Dist | None = None,
 ) -> SparseEvalResult:
     """Perplexity of ``model`` dense and with ``plan`` applied, on ``windows`` (the evaluation split).
 
     The model is left as it was: the plan is removed afterwards (pass ``ppl_dense`` to reuse a dense run).
+    ``dist`` (:func:`actlab.distributed.setup` under torchrun): every rank passes the same ``windows``, scores
+    its share, and gets the single-process result (perplexities and the measured sparsity).
+
+    Example:
+        >>> r = evaluate_plan(model, plan, windows, dist=actlab.distributed.setup())   # doctest: +SKIP
 
     Raises:
         EvalError: unknown protocol, or windows too short for the TEAL protocol.
@@ -101,15 +108,15 @@ def evaluate_plan(
     if protocol == "teal" and prefix < 1:
         raise EvalError("the teal protocol needs windows of at least 2 tokens")
     if ppl_dense is None or plan is None:
-        dense = perplexity(model, windows, batch_size, progress, score_from=prefix)
+        dense = perplexity(model, windows, batch_size, progress, score_from=prefix, dist=dist)
         ppl_dense = dense.ppl
         if plan is None:
             return SparseEvalResult(ppl_dense, ppl_dense, 0.0, 0.0, 0.0, 0.0, protocol, dense.tokens,
                                     dense.windows, seq_len, "dense")
     apply_(model, plan)
     try:
-        with track_sparsity(model) as dropped, dense_prefix(model, prefix) if prefix else nullcontext():
-            sparse = perplexity(model, windows, batch_size, progress, score_from=prefix)
+        with track_sparsity(model, dist) as dropped, dense_prefix(model, prefix) if prefix else nullcontext():
+            sparse = perplexity(model, windows, batch_size, progress, score_from=prefix, dist=dist)
     finally:
         remove_(model)
     m = measured_metrics(model, plan, dropped)

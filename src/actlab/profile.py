@@ -27,6 +27,7 @@ from actlab.activations.hooks import capture
 from actlab.activations.massive import MassiveConfig, MassiveTracker
 from actlab.activations.sites import Site, resolve_sites
 from actlab.activations.stats import SiteStats, StatsConfig
+from actlab.distributed import Dist, all_gather_objects, batch_shard, is_multi, shard_windows
 from actlab.models.adapters import linear_weight
 from actlab.progress import progress_bar
 
@@ -100,6 +101,7 @@ def profile_model(
     batch_size: int = 8,
     progress: bool = True,
     tokenizer: Any = None,
+    dist: Dist | None = None,
 ) -> Profile:
     """Run ``model`` over ``windows`` ([n, seq_len] token ids) collecting statistics at ``sites``.
 
@@ -112,9 +114,16 @@ def profile_model(
         batch_size: windows per forward pass.
         progress: show a progress bar (rich, on stderr).
         tokenizer: used only to label massive activations with their token text.
+        dist: several processes (:func:`actlab.distributed.setup` under torchrun): every rank passes the
+            same ``windows``, runs its own share of the batches, and gets the profile of all of them. Counts
+            and histograms equal one process's exactly, moments to float rounding.
 
     Returns:
         A :class:`Profile`; ``.to_dict()`` is the ``profile.json`` document.
+
+    Example (two processes, ``torchrun --nproc_per_node 2 script.py``):
+        >>> d = actlab.distributed.setup()                       # doctest: +SKIP
+        >>> prof = profile_model(model, windows, dist=d)         # doctest: +SKIP  (same on every rank)
     """
     config = config or StatsConfig()
     resolved = resolve_sites(model, sites)
@@ -137,13 +146,16 @@ def profile_model(
     body = getattr(model, "base_model", model)
     n = windows.shape[0]
     start = time.perf_counter()
-    with progress_bar(progress, n * windows.shape[1], "profiling", unit="tokens", transient=False) as advance, torch.inference_mode():
+    own = len(shard_windows(n, batch_size, dist))  # this rank's windows (all of them in one process)
+    with progress_bar(progress, own * windows.shape[1], "profiling", unit="tokens", transient=False) as advance, torch.inference_mode():
         with capture(model, sites=resolved, fn=observe):
-            for i in range(0, n, batch_size):
+            for i in batch_shard(range(0, n, batch_size), dist):
                 batch = windows[i : i + batch_size]
                 state["ids"] = batch
                 body(input_ids=batch, use_cache=False)
                 advance(batch.numel())
+    if is_multi(dist):
+        stats, tracker = _merge_ranks(resolved, stats, tracker, downs, dist)
     seconds = time.perf_counter() - start
     if tokenizer is not None:
         tracker.label_tokens(tokenizer)
@@ -152,3 +164,21 @@ def profile_model(
     return Profile(resolved, stats, tracker, config, meta)
 
 
+def _merge_ranks(
+    sites: dict[str, Site], stats: dict[str, SiteStats], tracker: MassiveTracker,
+    downs: dict[str, torch.Tensor], dist: Dist,
+) -> tuple[dict[str, SiteStats], MassiveTracker]:
+    """Every rank's statistics merged in rank order (the order of their batches), on every rank."""
+    # state dicts, not the objects: a SiteStats holds W_down by reference for CETT, which must not travel
+    mine = ({k: v.state_dict() for k, v in stats.items()}, tracker.state_dict())
+    parts = all_gather_objects(mine, dist)
+    merged: dict[str, SiteStats] = {}
+    for name in sites:  # a rank with no batch has no entry for a site
+        for states, _ in parts:
+            if name in states:
+                st = SiteStats.from_state_dict(states[name], down_weight=downs.get(name))
+                merged[name] = st if name not in merged else merged[name].merge(st)
+    out = MassiveTracker.from_state_dict(parts[0][1])
+    for _, t in parts[1:]:
+        out = out.merge(MassiveTracker.from_state_dict(t))
+    return merged, out

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from actlab.cli import checks
-from actlab.cli.common import cli_errors, console, fail, print_json, quiet_libraries
+from actlab.cli.common import cli_errors, console, fail, print_json, processes, quiet_libraries
 
 METHODS_HELP = (
     "teal (|x| thresholds on every projection input), wina (|x|*||W col||), chess (per-neuron MLP "
@@ -34,6 +34,7 @@ def calibrate(
     threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default)."),
     overwrite: bool = typer.Option(False, "--overwrite", help=checks.OVERWRITE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    sequential: bool = typer.Option(False, "--sequential", help="Models larger than memory: keep the decoder layers on disk (accelerate device_map) and calibrate one layer at a time; peak memory is one layer plus activations, same plan. Not with --allocation global."),
 ) -> None:
     """Calibrate a sparsification method on a model and write the plan.
 
@@ -58,10 +59,15 @@ def calibrate(
     checks.corpus(data)
     with cli_errors():
         config = _config(method, sparsity, cett, allocation, sites or [], rotate or [])
-    checks.out_dir(out, overwrite, ("plan.json", "thresholds.safetensors"))
-    from actlab.outputs import claim_output
+        if sequential:  # refused before a model larger than memory is loaded
+            from actlab.sparsity.sequential import check_sequential
 
-    with cli_errors(), claim_output(out, overwrite):  # locked from here to the plan's last byte
+            check_sequential(getattr(config, "allocation", "uniform"))
+    checks.out_dir(out, overwrite, ("plan.json", "thresholds.safetensors"))
+    from actlab.outputs import claim_output_main
+
+    # locked from here to the plan's last byte (by rank 0 alone under torchrun: the ranks share the passes)
+    with cli_errors(), processes() as group, claim_output_main(out, overwrite, dist=group):
         import torch
 
         import actlab
@@ -71,24 +77,28 @@ def calibrate(
         quiet_libraries()
         from actlab.sparsity.calibrate import calibration_windows
 
-        net, tok = actlab.load_model(model)
+        # random: weights live only in memory; the layer-by-layer pass still runs on them (tests, checks)
+        offload = "disk" if sequential and not model.startswith("random:") else None
+        net, tok = actlab.load_model(model, device_map=offload)
         corpus = actlab.load_corpus(data)
         extra = search_tokens if max_ppl_increase is not None else 0
         calib, heldout = calibration_windows(corpus, tok, seq_len, tokens, extra)
         if max_ppl_increase is not None and heldout.shape[0] == 0:
             fail("not enough calibration windows left for the quality search: lower --tokens or --seq-len")
         with _Bar() as bar:
-            prepared = actlab.prepare(net, config, calib if config.threshold_based else None, progress=bar.update)
+            prepared = actlab.prepare(net, config, calib if config.threshold_based else None, progress=bar.update,
+                                      dist=group, sequential=sequential)
             if max_ppl_increase is None:
                 plan = prepared.plan()
                 result = None
             else:
                 result = actlab.search_quality(net, prepared, heldout, max_ppl_increase,
-                                               progress=lambda d, t: bar.update("quality search", d, t))
+                                               progress=lambda d, t: bar.update("quality search", d, t), dist=group)
                 plan = result.plan
         plan.calibration.update({"model": model, "data": data, "corpus_fingerprint": corpus.fingerprint,
                                  "split": "calib", "search_tokens": int(heldout.numel()) if result else 0})
-        plan.save_pretrained(out, overwrite=overwrite)  # README.md card: the directory is a Hub artefact
+        if group.is_main:
+            plan.save_pretrained(out, overwrite=overwrite)  # README.md card: the directory is a Hub artefact
     summary: dict[str, Any] = {
         "plan": str(out),
         "method": plan.method,

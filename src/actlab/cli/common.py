@@ -18,14 +18,49 @@ from rich.console import Console
 console = Console(stderr=True)
 
 
+def process_rank() -> int:
+    """This process's rank under ``torchrun`` / ``accelerate launch`` (``RANK``), 0 in a plain run.
+
+    Example:
+        >>> process_rank()   # doctest: +SKIP  (a plain run)
+        0
+    """
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def quiet_unless_main() -> None:
+    """Under torchrun only rank 0 talks: the other ranks' console prints nothing (errors of their own aside).
+
+    Example:
+        >>> quiet_unless_main(); console.quiet   # doctest: +SKIP  (rank 0 or a plain run)
+        False
+    """
+    console.quiet = process_rank() != 0
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ``error: message`` on one line and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    message = escape(message)  # as written: "pip install 'actlab[tasks]'" is not a style tag
+    rank = process_rank()
+    if rank and code != 2:  # an unexpected failure may be this rank's alone: show it, labelled
+        Console(stderr=True).print(f"[bold red]error:[/] (rank {rank}) {message}", highlight=False, soft_wrap=True)
+    else:  # bad input is the same on every rank: said once, by rank 0
+        console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def print_json(obj: Any) -> None:
-    """Print one JSON object on stdout; NaN and ±inf become null, so the output is always valid JSON."""
+    """Print one JSON object on stdout; NaN and ±inf become null, so the output is always valid JSON.
+
+    Under torchrun only rank 0 prints it, so stdout holds one object.
+    """
+    if process_rank() != 0:
+        return
     sys.stdout.write(json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n")
     sys.stdout.flush()
 
@@ -63,6 +98,24 @@ def cli_errors() -> Iterator[None]:
         yield
     except user_errors() as e:
         fail(str(e))
+
+
+@contextmanager
+def processes() -> Iterator[Any]:
+    """The process group of a ``torchrun`` / ``accelerate launch`` run (a one-process ``Dist`` in a plain run),
+    left on exit: the commands that read token windows pass it on as ``dist=``.
+
+    Example:
+        >>> with cli_errors(), processes() as d:                    # doctest: +SKIP
+        ...     result = evaluate_plan(net, plan, windows, dist=d)
+    """
+    from actlab import distributed
+
+    d = distributed.setup()
+    try:
+        yield d
+    finally:
+        distributed.teardown(d)
 
 
 def quiet_libraries() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from actlab.cli import checks
-from actlab.cli.common import cli_errors, console, print_json, quiet_libraries
+from actlab.cli.common import cli_errors, console, print_json, processes, quiet_libraries
 
 
 def eval(  # noqa: A001  (the command is called eval)
@@ -37,7 +37,7 @@ def eval(  # noqa: A001  (the command is called eval)
     checks.at_least("--threads", threads, 0)
     checks.plan_dir(plan)
     checks.corpus(data)
-    with cli_errors():
+    with cli_errors(), processes() as group:  # under torchrun each rank scores its share of the windows
         import torch
 
         import actlab
@@ -54,7 +54,8 @@ def eval(  # noqa: A001  (the command is called eval)
         if loaded is not None:
             actlab.check_plan(net, loaded)
         windows = make_windows(actlab.load_corpus(data), tok, seq_len, tokens, split="eval")
-        result = evaluate_plan(net, loaded, windows, protocol=protocol, batch_size=batch_size, progress=True)
+        result = evaluate_plan(net, loaded, windows, protocol=protocol, batch_size=batch_size,
+                               progress=group.is_main, dist=group)
     d = result.to_dict()
     d["plan"] = str(plan) if plan is not None else None
     label = f"{protocol} protocol" + (" (first half of each window dense)" if protocol == "teal" else "")

@@ -9,7 +9,7 @@ import importlib
 
 import typer
 
-from actlab.cli.common import debug_mode, guarded
+from actlab.cli.common import debug_mode, guarded, quiet_unless_main
 
 app = typer.Typer(
     name="actlab",
@@ -44,6 +44,7 @@ def _options(
 ) -> None:
     """Neuron activations of transformer models as a first-class object: measure, sparsify, accelerate."""
     debug_mode["on"] = debug
+    quiet_unless_main()  # torchrun / accelerate launch start one copy of the command per process
 
 
 for _module, _func in _COMMANDS:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from actlab.cli import checks
-from actlab.cli.common import cli_errors, console, print_json, quiet_libraries
+from actlab.cli.common import cli_errors, console, print_json, processes, quiet_libraries
 
 
 def profile(
@@ -46,7 +46,7 @@ def profile(
     # Profiling runs ~25 small parallel ops per site; OpenMP threads spinning between them cost
     # 2-3x on a busy machine. Only effective before torch loads, which this command does lazily.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    with cli_errors():
+    with cli_errors(), processes() as d:  # under torchrun the ranks share the pass; rank 0 writes
         import torch
 
         from actlab.activations.massive import MassiveConfig
@@ -58,7 +58,7 @@ def profile(
         result = profile_report(
             model=model, data=data, tokens=tokens, seq_len=seq_len, out=out, sites=sites or None,
             batch_size=batch_size, massive=MassiveConfig(abs_threshold=massive_abs, ratio=massive_ratio),
-            overwrite=overwrite,
+            overwrite=overwrite, progress=d.is_main, dist=d,
         )
     console.print(f"report: [bold]{result['report']}[/]  data: {result['profile']}", highlight=False)
     if json_out:

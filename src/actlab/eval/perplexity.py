@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from actlab.distributed import Dist, shard_windows
 from actlab.models.scoring import per_window_nll
 
 
@@ -59,6 +60,7 @@ def perplexity(
     batch_size: int = 8,
     progress: bool = False,
     score_from: int = 0,
+    dist: Dist | None = None,
 ) -> PerplexityResult:
     """Next-token perplexity of ``model`` over ``windows`` (``[n_windows, seq_len]`` token ids).
 
@@ -66,11 +68,17 @@ def perplexity(
     The model is put in eval mode for the call and its previous mode restored. Losses are computed per window in
     float32, so peak extra memory is one window's logits, not a batch's.
 
+    ``dist`` (:func:`actlab.distributed.setup` under torchrun): every rank passes the same ``windows`` and
+    scores its share of the batches; the per-window sums are gathered in window order and added up as one
+    process adds them, so every rank returns the single-process result.
+
     Example:
         >>> from actlab.data.windows import make_windows  # doctest: +SKIP
         >>> result = perplexity(model, make_windows(corpus, tok, 512, 65_536, split="eval"))  # doctest: +SKIP
         >>> round(result.ppl, 2), result.tokens  # doctest: +SKIP
         (21.37, 65408)
+        >>> perplexity(model, windows, dist=actlab.distributed.setup()).ppl  # doctest: +SKIP  (on every rank)
+        21.37
     """
     if windows.dim() != 2 or windows.dtype not in (torch.int64, torch.int32):
         raise ValueError(
@@ -87,13 +95,13 @@ def perplexity(
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive (got {batch_size})")
 
-    bar = _progress(n_windows, progress)
+    bar = _progress(len(shard_windows(n_windows, batch_size, dist)), progress)  # this rank's windows
     try:
         if bar is not None:
             bar.start()
-            task = bar.add_task("ppl", total=n_windows)
+            task = bar.add_task("ppl", total=len(shard_windows(n_windows, batch_size, dist)))
         sums = per_window_nll(model, windows, batch_size, start, reduction="sum",
-                              on_batch=None if bar is None else lambda n: bar.advance(task, n))
+                              on_batch=None if bar is None else lambda n: bar.advance(task, n), dist=dist)
     finally:
         if bar is not None:
             bar.stop()

@@ -23,6 +23,7 @@ from torch import nn
 
 from actlab.activations.hooks import capture
 from actlab.activations.sites import Site, SiteError, resolve_sites
+from actlab.distributed import Dist, all_gather_objects, batch_shard, is_multi, shard_windows
 from actlab.interp.records import Context, NeuronRecords, RecordsConfig, RecordsError
 from actlab.models.adapters import act_function, get_adapter
 from actlab.progress import progress_bar
@@ -52,6 +53,7 @@ def record_neurons(
     progress: bool = True,
     window_offset: int = 0,
     config: RecordsConfig | None = None,
+    dist: Dist | None = None,
 ) -> dict[str, NeuronRecords]:
     """Records of every channel at ``sites`` from one pass of ``model`` over ``windows``.
 
@@ -67,6 +69,9 @@ def record_neurons(
             so records of shards merge into those of all windows.
         config: every other setting; its ``k``/``quantiles``/``samples_per_quantile`` are replaced by the
             arguments above. ``freq_eps`` becomes 0 for ReLU-like activations.
+        dist: several processes (:func:`actlab.distributed.setup` under torchrun): every rank passes the same
+            ``windows``, records its share of the batches (window indices stay global) and gets the merged
+            records of all of them.
 
     Returns:
         ``{site name: NeuronRecords}`` in model order.
@@ -101,16 +106,30 @@ def record_neurons(
     body = getattr(model, "base_model", model)  # every site is in the backbone: skip the LM head
     device = next(model.parameters()).device
     n, seq = windows.shape
-    with progress_bar(progress, n * seq, "neuron records", unit="tokens") as advance, torch.inference_mode():
+    own = len(shard_windows(n, batch_size, dist))  # this rank's windows (all of them in one process)
+    with progress_bar(progress, own * seq, "neuron records", unit="tokens") as advance, torch.inference_mode():
         with capture(model, sites=resolved, fn=observe):
-            for i in range(0, n, batch_size):
+            for i in batch_shard(range(0, n, batch_size), dist):
                 batch = windows[i : i + batch_size]
                 rows = torch.arange(i, i + batch.shape[0]) + window_offset
                 state["w"] = rows[:, None].expand(-1, seq).reshape(-1)  # [B * seq] window of each token
                 state["p"] = torch.arange(seq).repeat(batch.shape[0])
                 body(input_ids=batch.to(device), use_cache=False)
                 advance(batch.numel())
+    if is_multi(dist):
+        records = _merge_ranks(records, dist)
     return {name: records[name] for name in resolved if name in records}
+
+
+def _merge_ranks(records: dict[str, NeuronRecords], dist: Dist) -> dict[str, NeuronRecords]:
+    """Every rank's records merged in rank order, on every rank (a rank without a batch has none)."""
+    parts = all_gather_objects({k: r.state_dict() for k, r in records.items()}, dist)
+    out: dict[str, NeuronRecords] = {}
+    for part in parts:
+        for name, state in part.items():
+            r = NeuronRecords.from_state_dict(state)
+            out[name] = r if name not in out else out[name].merge(r)
+    return out
 
 
 def one_site(model: nn.Module, site: str) -> Site:

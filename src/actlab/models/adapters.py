@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from actlab.functions.table import ActivationFunction, UnknownActivationError, get_function, lookup_module
+from actlab.models.offload import tensor_of
 from actlab.models.wrappers import base_layer, unwrap
 
 
@@ -241,9 +242,12 @@ def act_function(model: nn.Module, layer: int, adapter: Adapter | None = None) -
 
 
 def linear_weight(module: nn.Module) -> torch.Tensor:
-    """The weight of a linear-like module as ``[out, in]`` (GPT-2's ``Conv1D`` stores ``[in, out]``)."""
+    """The weight of a linear-like module as ``[out, in]`` (GPT-2's ``Conv1D`` stores ``[in, out]``).
+
+    A weight offloaded by accelerate (``load_model(..., device_map=...)``) is read from its store.
+    """
     module = base_layer(module)  # a PEFT LoRA layer reads its base layer's weight
-    weight = module.weight
+    weight = tensor_of(module, "weight")
     if type(module).__name__ == "Conv1D":
         return weight.t()
     return weight

@@ -24,6 +24,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,8 @@ def load_model(
     spec: str | os.PathLike = DEFAULT_MODEL,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> tuple[torch.nn.Module, Any]:
     """Load a model and its tokenizer from ``spec`` (see the module docstring), in eval mode.
 
@@ -78,6 +82,18 @@ def load_model(
         spec: alias, path, ``random:<preset-or-dir>`` or hub id.
         dtype: parameter dtype (fp32 by default: the CPU kernels and the reference path use it).
         seed: seed for random-weight models (the global RNG state is left untouched).
+        device_map: place the weights with accelerate instead of loading them all into memory (models
+            larger than memory; weights must be on disk, so not for ``random:``). ``"disk"``: the
+            decoder layers stay in the safetensors files (read in place, one module at a time) and the rest
+            (embedding, final norm, LM head) is loaded on the CPU; any other value goes to transformers'
+            ``from_pretrained(device_map=...)`` (``"auto"``, ``"cpu"``, ``{"model.layers.0": "disk", ...}``).
+        offload_folder: where accelerate may write offloaded weights it cannot read in place (weights
+            stored as ``.bin``); not needed for safetensors.
+
+    Example:
+        >>> model, tok = load_model("/tmp/llama-dir", device_map="disk")   # doctest: +SKIP
+        >>> model.model.layers[0].mlp.down_proj.weight.device                 # doctest: +SKIP
+        device(type='meta')
 
     Returns:
         ``(model, tokenizer)``.
@@ -87,26 +103,32 @@ def load_model(
         UnknownArchitectureError: the model loaded but actlab has no adapter for it.
     """
     spec = str(spec)
+    placed = {"device_map": device_map, "offload_folder": offload_folder}
     if spec == DEFAULT_MODEL:
-        model, tok = _load_gguf(smollm2_gguf_path(), dtype)
+        model, tok = _load_gguf(smollm2_gguf_path(), dtype, **placed)
     elif spec.startswith("random:"):
+        if device_map is not None:
+            raise ModelLoadError(
+                "device_map places weights read from disk; random: weights exist only in memory: save the model "
+                "with model.save_pretrained(DIR) and load DIR"
+            )
         model, tok = _load_random(spec.removeprefix("random:"), dtype, seed)
     elif spec.endswith(".gguf"):
         path = Path(spec).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"GGUF file not found: {path}")
-        model, tok = _load_gguf(path, dtype)
+        model, tok = _load_gguf(path, dtype, **placed)
     elif spec.startswith("hf:"):
-        model, tok = _load_pretrained(spec.removeprefix("hf:"), dtype, hub=True)
+        model, tok = _load_pretrained(spec.removeprefix("hf:"), dtype, hub=True, **placed)
     elif Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         path = Path(spec).expanduser()
         if not path.exists():
             raise ModelLoadError(f"model path does not exist: {path} ({_FORMS})")
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{path} is not a Hugging Face model directory (no config.json)")
-        model, tok = _load_pretrained(str(path), dtype)
+        model, tok = _load_pretrained(str(path), dtype, **placed)
     elif spec.count("/") == 1:
-        model, tok = _load_pretrained(spec, dtype, hub=True)
+        model, tok = _load_pretrained(spec, dtype, hub=True, **placed)
     else:
         raise ModelLoadError(f"unknown model alias {spec!r}: aliases are {DEFAULT_MODEL}; {_FORMS}")
     get_adapter(model)  # fail now, with the supported list, rather than at the first hook
@@ -124,7 +146,8 @@ def _model_class(config: Any) -> Any:
     return transformers.AutoModelForMaskedLM if encoder else transformers.AutoModelForCausalLM
 
 
-def _load_pretrained(name: str, dtype: torch.dtype, hub: bool = False) -> tuple[torch.nn.Module, Any]:
+def _load_pretrained(name: str, dtype: torch.dtype, hub: bool = False, device_map: str | dict | None = None,
+                     offload_folder: str | os.PathLike | None = None) -> tuple[torch.nn.Module, Any]:
     import transformers
 
     try:
@@ -136,8 +159,10 @@ def _load_pretrained(name: str, dtype: torch.dtype, hub: bool = False) -> tuple[
         get_adapter(config.model_type)  # raises UnknownArchitectureError with the list
     from actlab.functions.swap_by_name import quiet_swap_keys
 
-    with quiet_swap_keys(config):  # a learnable swap's own parameters, which apply_recorded_swap loads
-        model = _model_class(config).from_pretrained(name, dtype=dtype)
+    placed = _placement(config, device_map, offload_folder)
+    # quiet_swap_keys: a learnable swap's own parameters, which apply_recorded_swap loads
+    with quiet_swap_keys(config), _asked_for_offload(placed):
+        model = _model_class(config).from_pretrained(name, dtype=dtype, **placed)
     tok = transformers.AutoTokenizer.from_pretrained(name)
     return model, tok
 
@@ -177,7 +202,56 @@ def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
+def _layers_on_disk(config: Any) -> dict[str, str]:
+    """A device map with every decoder layer on ``"disk"`` and every other module on the CPU.
+
+    Built on an empty-weights skeleton from the adapter's layer path: the modules along that path are
+    opened up, their other children stay whole (so it fits any architecture in the table).
+    """
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        skeleton = _model_class(config).from_config(config)
+    layers_path = get_adapter(config.model_type).layers
+    device_map: dict[str, str] = {}
+    prefix, module = "", skeleton
+    for part in layers_path.split("."):
+        for name, _ in module.named_children():
+            if name != part:
+                device_map[prefix + name] = "cpu"
+        prefix, module = f"{prefix}{part}.", module.get_submodule(part)
+    for i in range(len(module)):
+        device_map[f"{prefix}{i}"] = "disk"
+    return device_map
+
+
+def _placement(config: Any, device_map: str | dict | None, offload_folder: str | os.PathLike | None) -> dict:
+    """``from_pretrained``'s placement arguments for ``load_model``'s ``device_map``."""
+    if device_map is None:
+        return {}
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelLoadError("device_map needs accelerate: pip install accelerate")
+    if device_map == "disk":
+        device_map = _layers_on_disk(config)
+    # safetensors are read in place: a folder is only needed for weights accelerate must copy (``.bin``)
+    return {"device_map": device_map} | ({} if offload_folder is None else {"offload_folder": str(offload_folder)})
+
+
+@contextmanager
+def _asked_for_offload(placed: dict) -> Iterator[None]:
+    """Silence accelerate's "parameters are on the meta device" warning: with a device_map it was asked for."""
+    big = logging.getLogger("accelerate.big_modeling")
+    level = big.level
+    if placed:
+        big.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        big.setLevel(level)
+
+
+def _load_gguf(path: Path, dtype: torch.dtype, device_map: str | dict | None = None,
+               offload_folder: str | os.PathLike | None = None) -> tuple[torch.nn.Module, Any]:
     """Dequantise a GGUF file once, cache it as safetensors keyed by the file's hash, load the cache."""
     import transformers
 
@@ -203,7 +277,9 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[torch.nn.Module, Any]:
             shutil.rmtree(tmp, ignore_errors=True)
             if not (target / "config.json").is_file():
                 raise
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype)
+    placed = _placement(transformers.AutoConfig.from_pretrained(str(target)), device_map, offload_folder)
+    with _asked_for_offload(placed):
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(target), dtype=dtype, **placed)
     tok = transformers.AutoTokenizer.from_pretrained(str(target))
     return model, tok
 

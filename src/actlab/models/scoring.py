@@ -18,6 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from actlab.distributed import Dist, batch_shard, cat_ranks, is_multi, shard_windows
+
 __all__ = ["lm_logits", "model_device", "per_window_nll"]
 
 
@@ -45,28 +47,37 @@ def per_window_nll(
     start: int = 1,
     reduction: str = "mean",
     on_batch: Callable[[int], None] | None = None,
+    dist: Dist | None = None,
 ) -> torch.Tensor:
     """``[n_windows]`` float64 next-token NLL (nats) of each window over targets ``start..seq_len-1``.
 
     ``reduction`` is ``"mean"`` (per target) or ``"sum"``. Losses are computed one window at a time in
     float32, so peak extra memory is one window's logits. The model is put in eval mode for the call and
     its previous mode restored; ``on_batch(n)`` is called after each batch of ``n`` windows.
+
+    ``dist`` (:mod:`actlab.distributed`): every rank passes the same ``windows`` and scores its share of the
+    batches; every rank returns all ``n_windows`` values, in order, equal to one process's.
+
+    Example:
+        >>> nll = per_window_nll(model, windows, dist=actlab.distributed.setup())   # doctest: +SKIP
     """
     device = model_device(model)
     seq_len = windows.shape[1]
-    out = torch.empty(windows.shape[0], dtype=torch.float64)
+    mine = batch_shard(range(0, windows.shape[0], batch_size), dist)
+    own = shard_windows(windows.shape[0], batch_size, dist)
+    out = torch.empty(len(own), dtype=torch.float64)  # this rank's windows, own.start onwards
     was_training = model.training
     model.eval()
     try:
-        for b in range(0, windows.shape[0], batch_size):
+        for b in mine:
             batch = windows[b : b + batch_size].to(device=device, dtype=torch.long)  # [B, T]
             logits = lm_logits(model, batch)  # [B, T, V]
             for row in range(batch.shape[0]):
                 pred = logits[row, start - 1 : seq_len - 1].float()  # [T - start, V]: predicts targets below
-                out[b + row] = F.cross_entropy(pred, batch[row, start:seq_len], reduction=reduction).item()
+                out[b - own.start + row] = F.cross_entropy(pred, batch[row, start:seq_len], reduction=reduction).item()
             del logits
             if on_batch is not None:
                 on_batch(batch.shape[0])
     finally:
         model.train(was_training)
-    return out
+    return cat_ranks(out, dist) if is_multi(dist) else out

@@ -16,7 +16,7 @@ from typing import Any
 
 from actlab.activations.massive import MassiveConfig
 from actlab.activations.stats import StatsConfig
-from actlab.outputs import claims_output, staged_output, write_json_atomic
+from actlab.outputs import claim_output_main, staged_output, write_json_atomic
 
 #: the ε whose density the summary and the per-layer table show
 REPORT_EPS = 0.01
@@ -51,7 +51,6 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-@claims_output(expect=("profile.json", "report.html"))  # locked from the first check to the last write
 def profile_report(
     model: str = "smollm2-135m",
     data: str = "default",
@@ -64,13 +63,27 @@ def profile_report(
     stats: StatsConfig | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    dist: Any = None,
 ) -> dict[str, Any]:
     """Profile ``model`` on ``tokens`` tokens of ``data`` and write ``out``/{profile.json, report.html, *.png}.
 
     Nothing appears in ``out`` unless everything succeeded. A non-empty ``out`` needs ``overwrite=True``, which
     replaces only actlab's own earlier outputs (see :mod:`actlab.outputs`). Returns the ``--json`` summary with
     the paths of the report and the JSON.
+
+    ``dist`` (an :class:`actlab.distributed.Dist`, under torchrun): the profiling pass is split over the
+    processes (:func:`actlab.profile.profile_model`); rank 0 alone claims ``out`` and writes it, and every rank
+    returns the summary.
     """
+    # locked from the first check to the last write (by rank 0 only, the one that writes)
+    with claim_output_main(out, overwrite, ("profile.json", "report.html"), dist) as claimed:
+        return _profile_report(model, data, tokens, seq_len, Path(out), sites, batch_size, massive, stats,
+                               progress, overwrite, dist, write=claimed is not None)
+
+
+def _profile_report(model: str, data: str, tokens: int, seq_len: int, out: Path, sites: Iterable[str] | None,
+                    batch_size: int, massive: MassiveConfig | None, stats: StatsConfig | None, progress: bool,
+                    overwrite: bool, dist: Any, write: bool) -> dict[str, Any]:
     import torch
 
     from actlab import __version__
@@ -81,12 +94,11 @@ def profile_report(
     from actlab.report.html import render_profile
     from actlab.report.plots import draw_all
 
-    out = Path(out)
     corpus = load_corpus(data)
     net, tok = load_model(model)
     windows = build_windows(corpus, tok, seq_len, tokens, split="calib")
     prof = profile_model(net, windows.ids, sites=sites, config=stats, massive=massive,
-                         batch_size=batch_size, progress=progress, tokenizer=tok)
+                         batch_size=batch_size, progress=progress, tokenizer=tok, dist=dist)
     doc = prof.to_dict()
     doc.update(
         actlab_version=__version__,
@@ -95,12 +107,14 @@ def profile_report(
                "num_parameters": sum(p.numel() for p in net.parameters())},
         data={"name": data, **windows.spec.to_dict()},
         threads=torch.get_num_threads(),
+        world_size=dist.world_size if dist is not None else 1,  # processes that shared the pass
     )
     doc["report_eps"] = _nearest_key(next(iter(doc["sites"].values()))["density"], REPORT_EPS)
-    with staged_output(out, overwrite=overwrite) as tmp:
-        write_json_atomic(tmp / "profile.json", doc)
-        images = draw_all(doc, tmp)
-        (tmp / "report.html").write_text(render_profile(doc, images), encoding="utf-8")
+    if write:
+        with staged_output(out, overwrite=overwrite) as tmp:
+            write_json_atomic(tmp / "profile.json", doc)
+            images = draw_all(doc, tmp)
+            (tmp / "report.html").write_text(render_profile(doc, images), encoding="utf-8")
     summary = summarize(doc)
     summary.update(report=str(out / "report.html"), profile=str(out / "profile.json"))
     return summary

@@ -32,6 +32,7 @@ from torch import nn
 
 from actlab.activations.hooks import SiteHooks, attach
 from actlab.activations.sites import Site
+from actlab.distributed import Dist, is_multi, sum_ranks
 from actlab.models.adapters import linear_weight
 from actlab.models.wrappers import is_compiled, unwrap
 from actlab.sparsity.errors import PlanError
@@ -290,8 +291,18 @@ def dense_prefix(model: nn.Module, n: int) -> Iterator[None]:
 
 
 @contextmanager
-def track_sparsity(model: nn.Module) -> Iterator[dict[str, float]]:
-    """Measure the masks' sparsity while the block runs; the dict (path -> fraction dropped) fills on exit."""
+def track_sparsity(model: nn.Module, dist: Dist | None = None) -> Iterator[dict[str, float]]:
+    """Measure the masks' sparsity while the block runs; the dict (path -> fraction dropped) fills on exit.
+
+    With ``dist`` (each process ran its own share of the windows) the counts are summed over the processes,
+    so every rank reads the fractions of all the windows.
+
+    Example:
+        >>> with track_sparsity(model) as dropped:      # doctest: +SKIP
+        ...     model(ids)
+        >>> dropped["model.layers.0.mlp.down_proj"]      # doctest: +SKIP
+        0.5
+    """
     owner = _owner(model)
     hooked = masked_modules(model)
     for _, m in hooked:
@@ -306,3 +317,7 @@ def track_sparsity(model: nn.Module) -> Iterator[dict[str, float]]:
             owner.track = False
         for path, m in hooked:
             result[path] = m.dropped / m.seen if m.seen else 0.0
+    if is_multi(dist) and hooked:  # reached only on success: a failed rank must not enter a collective
+        counts = sum_ranks(torch.tensor([[m.dropped, m.seen] for _, m in hooked], dtype=torch.int64), dist)
+        for (path, _), (dropped, seen) in zip(hooked, counts.tolist(), strict=True):
+            result[path] = dropped / seen if seen else 0.0

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from actlab.distributed import Dist, is_multi
 from actlab.models.wrappers import unwrap
 from actlab.sparsity.apply import apply_, masked_modules
 from actlab.sparsity.collect import CalibrationSample
@@ -66,15 +67,28 @@ def prepare(
     data: Any,
     progress: Progress | None = None,
     sample: CalibrationSample | None = None,
+    dist: Dist | None = None,
+    sequential: bool = False,
 ) -> Method:
     """Run ``config``'s calibration once; ``.plan(knob)`` then gives a plan at any sparsity, cheaply.
 
     ``sample`` (from :func:`actlab.sparsity.collect.collect`, with every site the method reads) skips the
     calibration pass, so several methods compared on one model share one pass (the benchmark does).
 
+    ``dist`` (:func:`actlab.distributed.setup` under torchrun): every rank passes the same ``data``; the
+    calibration pass is split over the processes and its sample gathered in global order, so every rank
+    holds the method a single process would (the same plan: equal thresholds).
+
+    ``sequential``: run the calibration pass one decoder layer at a time (:mod:`actlab.sparsity.sequential`):
+    with a model loaded by ``load_model(path, device_map="disk")`` peak memory is one layer plus the
+    calibration activations, and the plan is the one a full pass makes. An option of the pass, not of the
+    config: the method and its plan are the same either way. The global allocation is refused (its Fisher
+    pass needs the whole model).
+
     Example:
         >>> method = prepare(model, TealConfig(allocation="greedy"), calib)    # doctest: +SKIP
         >>> plans = [method.plan(s) for s in (0.3, 0.4, 0.5)]                   # doctest: +SKIP
+        >>> method = prepare(offloaded_model, TealConfig(0.5), calib, sequential=True)   # doctest: +SKIP
     """
     if not isinstance(config, SparsityConfig):
         raise PlanError(f"expected a sparsity config such as actlab.TealConfig(0.5), got {type(config).__name__}")
@@ -85,14 +99,25 @@ def prepare(
     with torch.no_grad():
         handler = handler_for(config)
         windows = _windows(data)
+        if sequential and is_multi(dist):
+            raise PlanError("sequential (layer-by-layer) calibration runs in one process: drop torchrun or sequential")
         if sample is not None and issubclass(handler, ThresholdMethod):
-            return handler(model, config, windows, progress, sample=sample)
-        return handler(model, config, windows, progress)
+            return handler(model, config, windows, progress, sample=sample, dist=dist)
+        return handler(model, config, windows, progress, dist=dist, sequential=sequential)
 
 
-def calibrate(model: nn.Module, config: SparsityConfig, data: Any, progress: Progress | None = None) -> SparsityPlan:
-    """The plan for ``config`` calibrated on ``data`` (``[n, seq_len]`` windows), without applying it."""
-    return prepare(model, config, data, progress).plan()
+def calibrate(model: nn.Module, config: SparsityConfig, data: Any, progress: Progress | None = None,
+              dist: Dist | None = None, sequential: bool = False) -> SparsityPlan:
+    """The plan for ``config`` calibrated on ``data`` (``[n, seq_len]`` windows), without applying it.
+
+    ``dist``: several processes share the calibration pass (see :func:`prepare`); every rank gets the plan.
+    ``sequential``: one decoder layer at a time, for models larger than memory (see :func:`prepare`).
+
+    Example:
+        >>> plan = calibrate(model, TealConfig(0.5), calib)                          # doctest: +SKIP
+        >>> plan = calibrate(model, TealConfig(0.5), calib, dist=distributed.setup())  # doctest: +SKIP
+    """
+    return prepare(model, config, data, progress, dist=dist, sequential=sequential).plan()
 
 
 def sparsify_(model: nn.Module, config: SparsityConfig, data: Any = None, progress: Progress | None = None) -> SparsityPlan:

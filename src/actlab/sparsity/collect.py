@@ -26,6 +26,15 @@ from torch import nn
 
 from actlab.activations.hooks import capture
 from actlab.activations.sites import resolve_sites, select_sites
+from actlab.distributed import (
+    Dist,
+    all_gather_objects,
+    batch_shard,
+    broadcast_object,
+    cat_ranks,
+    is_multi,
+    sum_ranks,
+)
 from actlab.models.adapters import get_adapter
 
 
@@ -132,6 +141,7 @@ def collect(
     batch_size: int = 4,
     seed: int = 0,
     progress: Any = None,
+    dist: Dist | None = None,
 ) -> CalibrationSample:
     """Run ``model`` densely over ``windows`` ([n, seq_len] token ids) and keep a bounded sample.
 
@@ -143,6 +153,15 @@ def collect(
         block_tokens: also record every decoder layer's inputs on the first ``ceil(block_tokens / seq_len)``
             windows (the greedy allocation replays blocks on them).
         progress: optional callable ``progress(done_windows, total_windows)``.
+        dist: several processes (:mod:`actlab.distributed`): every rank passes the same ``windows`` and runs
+            its share of the batches; the row sample is gathered in global token order (the same rows as one
+            process), sums are all-reduced and the recorded block inputs broadcast, so every rank returns
+            the whole sample.
+
+    Example:
+        >>> sample = collect(model, calib, ["layers.0.mlp.down_in"], max_values=4096)   # doctest: +SKIP
+        >>> sample.rows["layers.0.mlp.down_in"].shape                                   # doctest: +SKIP
+        torch.Size([64, 1536])
     """
     n, seq_len = windows.shape
     device = next(model.parameters()).device
@@ -172,16 +191,25 @@ def collect(
     # the windows whose layer inputs are recorded form their own first batch, so exactly those are replayed
     n_block = min(n, -(-block_tokens // seq_len)) if block_tokens > 0 else 0
     starts = ([0] if n_block else []) + list(range(n_block, n, batch_size))
+    mine = batch_shard(range(len(starts)), dist)
+    # a rank's tokens are a contiguous run of the global order: ``offset`` starts where its first batch does
+    offset = starts[mine[0]] * seq_len if len(mine) else 0
+    lo = starts[mine[0]] if len(mine) else 0  # progress counts this rank's windows
+    hi = (starts[mine[-1] + 1] if mine[-1] + 1 < len(starts) else n) if len(mine) else 0
     with capture(model, sites=resolved, fn=grab) if resolved else _nothing():
         with _up_recorder(model, up_sums) if up_moments else _nothing():
-            with _layer_input_recorder(model, 1, blocks) if n_block else _nothing():
-                for k, b in enumerate(starts):
+            # only the rank that runs batch 0 records it (the others would record their own first batch)
+            with _layer_input_recorder(model, 1, blocks) if n_block and 0 in mine else _nothing():
+                for k in mine:
+                    b = starts[k]
                     end = starts[k + 1] if k + 1 < len(starts) else n
                     batch = windows[b:end].to(device)
                     _forward(model, batch)
                     offset += batch.numel()
                     if progress is not None:
-                        progress(end, n)
+                        progress(end - lo, hi - lo)
+    if is_multi(dist):
+        return _merge_ranks(rows, up_sums, moments, blocks, moment_sites, n, seq_len, max_values, seed, dist)
     widths = {name: r[0].shape[-1] for name, r in rows.items() if r}
     return CalibrationSample(
         rows={s: torch.cat(r) for s, r in rows.items()},
@@ -191,6 +219,36 @@ def collect(
         positions={name: choice[w] % seq_len for name, w in widths.items()},
         second_moments=moments,
     )
+
+
+def _merge_ranks(
+    rows: dict[str, list[torch.Tensor]], up_sums: dict[int, torch.Tensor], moments: dict[str, torch.Tensor],
+    blocks: dict[int, BlockInputs], moment_sites: tuple[str, ...] | list[str], n: int, seq_len: int,
+    max_values: int, seed: int, dist: Dist,
+) -> CalibrationSample:
+    """The sample of all ranks, on every rank: the same collectives in the same (sorted) order everywhere."""
+    # A rank with no batch (fewer batches than ranks) saw no tensor: it learns the shapes from the others.
+    mine = {"rows": {s: r[0].shape[-1] for s, r in rows.items() if r},
+            "up": {i: t.shape[0] for i, t in up_sums.items()}, "blocks": bool(blocks)}
+    shapes = all_gather_objects(mine, dist)
+    widths = {s: w for part in shapes for s, w in part["rows"].items()}
+    ups = {i: w for part in shapes for i, w in part["up"].items()}
+    out_rows = {}
+    for s in sorted(rows):
+        local = torch.cat(rows[s]) if rows[s] else torch.zeros(0, widths.get(s, 0))
+        out_rows[s] = cat_ranks(local, dist)  # rank order is global token order: the single-process rows
+    up = {i: sum_ranks(up_sums[i].float().cpu() if i in up_sums else torch.zeros(ups[i]), dist)
+          for i in sorted(ups)}
+    mom = {s: sum_ranks(moments[s] if s in moments else torch.zeros(widths[s], widths[s], dtype=torch.float64),
+                        dist) for s in sorted(moment_sites)}
+    # the block inputs are recorded on the first batch: broadcast from the rank that ran it
+    owner = next((r for r, part in enumerate(shapes) if part["blocks"]), None)
+    if owner is not None:
+        blocks = broadcast_object(blocks, dist, src=owner)
+    positions = {s: _row_choice(n * seq_len, max(64, max_values // w), seed) % seq_len
+                 for s, w in widths.items() if s in out_rows}
+    return CalibrationSample(rows={s: out_rows[s] for s in rows}, up_sq_sum=up, tokens=n * seq_len,
+                             blocks=blocks, positions=positions, second_moments=mom)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from actlab.models.adapters import get_adapter, linear_weight
+from actlab.models.offload import tensor_of
 from actlab.models.wrappers import base_layer, unwrap
 from actlab.sparsity.groups import sparsifiable_linears
 
@@ -45,7 +46,7 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
         h.update(_sample(w))
     emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if emb is not None and hasattr(emb, "weight"):
-        h.update(_sample(emb.weight))
+        h.update(_sample(tensor_of(emb, "weight")))  # read from the offload store if offloaded
     config = getattr(model, "config", None)
     return {
         "architecture": getattr(config, "model_type", type(model).__name__),

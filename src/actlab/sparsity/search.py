@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from actlab.distributed import Dist
 from actlab.models.scoring import per_window_nll
 from actlab.sparsity.apply import apply_, remove_
 from actlab.sparsity.errors import PlanError
@@ -80,12 +81,13 @@ def _next_probe(lo: float, hi: float, probes: list[tuple[float, float]], budget:
 
 
 @torch.no_grad()
-def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 8, dist: Dist | None = None) -> torch.Tensor:
     """``[n_windows]`` mean next-token NLL (nats) of each window, every predicted position scored.
 
     The same quantity as :func:`actlab.eval.perplexity.perplexity` (``ppl = exp(mean)`` over equal-length
     windows), kept per window because the budget's interval is over windows; both are scored by
-    :func:`actlab.models.scoring.per_window_nll`.
+    :func:`actlab.models.scoring.per_window_nll`. ``dist``: the windows are shared out over the processes and
+    every rank gets all the values (see :mod:`actlab.distributed`).
 
     Example:
         >>> nll = window_nll(model, heldout)          # doctest: +SKIP
@@ -93,14 +95,15 @@ def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 8) -> 
     """
     if windows.dim() != 2 or windows.shape[0] == 0 or windows.shape[1] < 2:
         raise PlanError(f"held-out windows must be [n >= 1, seq_len >= 2] token ids, got {tuple(windows.shape)}")
-    return per_window_nll(model, windows, batch_size)
+    return per_window_nll(model, windows, batch_size, dist=dist)
 
 
-def plan_window_nll(model: nn.Module, plan: SparsityPlan, windows: torch.Tensor, batch_size: int = 8) -> torch.Tensor:
+def plan_window_nll(model: nn.Module, plan: SparsityPlan, windows: torch.Tensor, batch_size: int = 8,
+                    dist: Dist | None = None) -> torch.Tensor:
     """:func:`window_nll` with ``plan`` applied for the call (every token sparsified), then removed."""
     apply_(model, plan)
     try:
-        return window_nll(model, windows, batch_size)
+        return window_nll(model, windows, batch_size, dist)
     finally:
         remove_(model)
 
@@ -121,6 +124,7 @@ def search_quality(
     bound: str = "t-windows",
     prior: list[dict[str, float]] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    dist: Dist | None = None,
 ) -> SearchResult:
     """The largest knob in ``[0, hi]`` whose perplexity increase on ``heldout`` keeps ``max_increase_pct``.
 
@@ -139,6 +143,8 @@ def search_quality(
         confidence, bound: the budget's interval level and method (:class:`~actlab.sparsity.select.Budget`).
         prior: the ``trace`` of an earlier search with the same method, windows and budget method (e.g.
             PPL-1% before PPL-5%): its probes narrow the bracket before any new one is made.
+        dist: several processes (each holding the same ``method``, e.g. from ``prepare(..., dist=d)``) score
+            their share of ``heldout``; each probe sees every window, so every rank makes the same choices.
 
     Raises:
         PlanError: a non-positive budget, or fewer than 2 held-out windows for an interval.
@@ -148,7 +154,7 @@ def search_quality(
         raise PlanError(f"the quality search needs at least 2 held-out windows for its interval, got "
                         f"{heldout.shape[0]}: raise --search-tokens or lower --seq-len")
     hi = method.max_knob() if hi is None else hi
-    dense = window_nll(model, heldout, batch_size) if dense_nll is None else dense_nll.double()
+    dense = window_nll(model, heldout, batch_size, dist) if dense_nll is None else dense_nll.double()
     ppl_dense = math.exp(dense.mean().item())
     target = math.log1p(max_increase_pct / 100.0)  # on log(1 + bound / 100)
     lo = 0.0
@@ -174,7 +180,7 @@ def search_quality(
             break
         knob = _next_probe(lo, hi, probes, target)
         plan = method.plan(knob)
-        sparse = plan_window_nll(model, plan, heldout, batch_size)
+        sparse = plan_window_nll(model, plan, heldout, batch_size, dist)
         ppl = math.exp(sparse.mean().item())
         ci = increase_interval(dense, sparse, confidence) if heldout.shape[0] >= 2 else Interval(
             100.0 * (ppl / ppl_dense - 1.0), math.nan, math.nan, 1)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from actlab.distributed import Dist, split_map
 from actlab.models.adapters import linear_weight
 from actlab.sparsity.allocate import GreedyPath, damage_curve, global_allocation, greedy_block
 from actlab.sparsity.collect import CalibrationSample, collect
@@ -29,6 +30,7 @@ from actlab.sparsity.metrics import linear_sizes, plan_metrics
 from actlab.sparsity.plan import PlanEntry, SparsityPlan
 from actlab.sparsity.rotation import site_rotation
 from actlab.sparsity.scores import QuantileTable, channel_thresholds, sparsity_of
+from actlab.sparsity.sequential import check_sequential, collect_sequential
 
 #: method name -> handler class
 HANDLERS: dict[str, type[Method]] = {}
@@ -63,10 +65,14 @@ class Method:
         windows: torch.Tensor | None,
         progress: Progress | None = None,
         sample: CalibrationSample | None = None,
+        dist: Dist | None = None,
+        sequential: bool = False,
     ) -> None:
         if not isinstance(config, self.config_cls):
             raise PlanError(f"{type(self).__name__} handles {self.config_cls.__name__}, got {type(config).__name__}")
         self.model, self.config, self.progress = model, config, progress
+        self.dist = dist  # the pass is sharded over the processes; every rank then holds the same state
+        self.sequential = sequential  # the calibration pass runs one decoder layer at a time (sequential.py)
         self.fingerprint = model_fingerprint(model)
         self.sizes = linear_sizes(model)
         self.calibration: dict[str, Any] = {}
@@ -103,11 +109,13 @@ class ThresholdMethod(Method):
     #: site kinds thresholded (input groups)
     kinds: ClassVar[tuple[str, ...]] = ("attn.qkv_in", "attn.o_in", "mlp.gate_up_in", "mlp.in", "mlp.down_in")
 
-    def __init__(self, model, config, windows, progress=None, sample=None) -> None:
-        super().__init__(model, config, windows, progress)
+    def __init__(self, model, config, windows, progress=None, sample=None, dist=None, sequential=False) -> None:
+        super().__init__(model, config, windows, progress, dist=dist, sequential=sequential)
         if windows is None:
             raise PlanError(f"{config.method} needs calibration windows")
         self.allocation = getattr(config, "allocation", "uniform")
+        if sequential:
+            check_sequential(self.allocation)  # before the pass, not after it
         self.groups = self.make_groups(split=self.allocation == "greedy")
         self.params = {g.name: group_params(model, g) for g in self.groups}
         self.own_sample = sample is None
@@ -116,7 +124,10 @@ class ThresholdMethod(Method):
             s: site_rotation(model, s.split(".", 2)[2], self.sample.second_moments[s]) for s in self.moment_sites()
         }
         self.weights = {g.name: self.channel_weights(g) for g in self.groups}
-        self.tables = {g.name: QuantileTable.from_scores(self._scores(g)) for g in self.groups}
+        # sorting every group's scores is most of the work after the pass: processes share it out
+        by_name = {g.name: g for g in self.groups}
+        self.tables = split_map(list(by_name), lambda name: QuantileTable.from_scores(self._scores(by_name[name])),
+                                self.dist)
         self.path: GreedyPath | None = self._greedy() if self.allocation == "greedy" else None
         self.curves: dict[str, torch.Tensor] | None = None
         if self.allocation == "global":
@@ -161,10 +172,16 @@ class ThresholdMethod(Method):
 
     def collect(self, windows: torch.Tensor, up_moments: bool = False) -> CalibrationSample:
         tokens = getattr(self.config, "greedy_tokens", 0) if self.allocation == "greedy" else 0
+        if self.sequential:
+            return collect_sequential(
+                self.model, windows, self.sample_sites(), block_tokens=tokens, up_moments=up_moments,
+                moment_sites=self.moment_sites(),
+                progress=lambda d, t: self._report("calibration pass (layer by layer)", d, t),
+            )
         return collect(
             self.model, windows, self.sample_sites(), block_tokens=tokens, up_moments=up_moments,
             moment_sites=self.moment_sites(),
-            progress=lambda d, t: self._report("calibration pass", d, t),
+            progress=lambda d, t: self._report("calibration pass", d, t), dist=self.dist,
         )
 
     def levels(self, knob: float) -> dict[str, float]:
@@ -244,15 +261,20 @@ class ThresholdMethod(Method):
         from actlab.models.adapters import get_adapter
 
         layers = self.model.get_submodule(get_adapter(self.model).layers)
-        steps = {}
         n = len(layers)
-        for i, layer in enumerate(layers):
-            self._report("greedy allocation", i, n)
+        done = [0]
+
+        def search(i: int) -> list[tuple[float, dict[str, float]]]:
+            self._report("greedy allocation", done[0], n)
+            done[0] += 1
             block = [g for g in self.groups if g.layer == i]
-            steps[i] = greedy_block(
-                self.model, layer, self.sample.blocks[i], block, self.params, self.threshold_at,
+            return greedy_block(
+                self.model, layers[i], self.sample.blocks[i], block, self.params, self.threshold_at,
                 step=self.config.greedy_step,
             )
+
+        # the layers' searches are independent (each replays its own recorded inputs): processes share them
+        steps = split_map(list(range(n)), search, self.dist)
         self._report("greedy allocation", n, n)
         if self.own_sample:
             self.sample.blocks.clear()  # the recorded block inputs are only needed for the search
