@@ -20,6 +20,11 @@ def eval(  # noqa: A001  (the command is called eval)
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
     threads: int = typer.Option(0, "--threads", help="Torch threads (0: torch's default)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    tasks: str = typer.Option(None, "--tasks", help="Downstream accuracy instead of perplexity, on local tasks built from the corpus's test split: actlab-cloze, actlab-mc (comma-separated) or all."),
+    scorer: str = typer.Option("actlab", "--scorer", help="With --tasks: actlab (built in) or harness (lm-evaluation-harness; pip install 'actlab[tasks]'). Both give the same accuracies."),
+    items: int = typer.Option(200, "--items", help="With --tasks: items per task (fewer if the text runs out)."),
+    seed: int = typer.Option(0, "--seed", help="With --tasks: which items are drawn."),
+    kernels: bool = typer.Option(False, "--kernels", help="With --tasks: run the plan on the sparse-input kernel modules, not masking hooks."),
 ) -> None:
     """Measure a plan's quality: perplexity dense and sparse, and how much the plan skips.
 
@@ -30,7 +35,18 @@ def eval(  # noqa: A001  (the command is called eval)
     Example:
 
         actlab eval --plan plans/teal50 --tokens 16384 --json
+
+        actlab eval --plan plans/teal50 --tasks actlab-cloze,actlab-mc --scorer harness
     """
+    if tasks is not None:
+        from actlab.cli.eval_tasks import run_tasks
+
+        checks.at_least("--items", items, 1)
+        checks.at_least("--batch-size", batch_size, 1)
+        checks.at_least("--threads", threads, 0)
+        checks.plan_dir(plan)
+        checks.corpus(data)
+        return run_tasks(model, plan, data, tasks, scorer, items, seed, kernels, batch_size, threads, json_out)
     checks.at_least("--tokens", tokens, 1)
     checks.at_least("--seq-len", seq_len, 2)
     checks.at_least("--batch-size", batch_size, 1)
