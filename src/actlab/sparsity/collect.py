@@ -77,6 +77,45 @@ def _row_choice(n_tokens: int, n_rows: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_tokens, generator=g)[:n_rows].sort().values
 
 
+class _RowSampler:
+    """The per-site sample both passes keep: rows of tokens chosen by global token index, optional ``x^T x``.
+
+    ``offset`` is the global token index of the current batch's first token; the caller sets it per batch.
+    """
+
+    def __init__(self, sites: Any, n_tokens: int, max_values: int, seed: int,
+                 moment_sites: tuple[str, ...] | list[str]) -> None:
+        self.n_tokens, self.max_values, self.seed, self.moment_sites = n_tokens, max_values, seed, moment_sites
+        self.choice: dict[int, torch.Tensor] = {}
+        self.rows: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+        self.moments: dict[str, torch.Tensor] = {}
+        self.offset = 0
+
+    def __call__(self, site: Any, x: torch.Tensor) -> None:
+        flat = x.detach().reshape(-1, x.shape[-1])  # [batch*seq, width]
+        width = flat.shape[-1]
+        if width not in self.choice:
+            self.choice[width] = _row_choice(self.n_tokens, max(64, self.max_values // width), self.seed)
+        idx, offset = self.choice[width], self.offset
+        local = idx[(idx >= offset) & (idx < offset + flat.shape[0])] - offset
+        self.rows[site.name].append(flat[local.to(flat.device)].float().cpu())
+        if site.name in self.moment_sites:
+            f = flat.float()
+            self.moments[site.name] = self.moments.get(site.name, 0) + (f.T @ f).double().cpu()
+
+    def sample(self, up_sums: dict[int, torch.Tensor], blocks: dict[int, BlockInputs], seq_len: int) -> CalibrationSample:
+        """The one-process :class:`CalibrationSample` of what was seen."""
+        widths = {name: r[0].shape[-1] for name, r in self.rows.items() if r}
+        return CalibrationSample(
+            rows={s: torch.cat(r) for s, r in self.rows.items()},
+            up_sq_sum={i: t.cpu() for i, t in up_sums.items()},
+            tokens=self.n_tokens,
+            blocks=blocks,
+            positions={name: self.choice[w] % seq_len for name, w in widths.items()},
+            second_moments=self.moments,
+        )
+
+
 @contextmanager
 def _layer_input_recorder(model: nn.Module, n_batches: int, blocks: dict[int, BlockInputs]) -> Iterator[None]:
     """Record each decoder layer's (args, kwargs) on the first ``n_batches`` forwards."""
@@ -166,25 +205,10 @@ def collect(
     n, seq_len = windows.shape
     device = next(model.parameters()).device
     resolved = select_sites(resolve_sites(model), sites) if sites else {}
-    choice: dict[int, torch.Tensor] = {}
-    rows: dict[str, list[torch.Tensor]] = {s: [] for s in resolved}
     missing = sorted(set(moment_sites) - set(resolved))
     if missing:
         raise ValueError(f"moment_sites {missing[:3]} are not among the sampled sites")
-    moments: dict[str, torch.Tensor] = {}
-    offset = 0
-
-    def grab(site: Any, x: torch.Tensor) -> None:
-        flat = x.detach().reshape(-1, x.shape[-1])  # [batch*seq, width]
-        width = flat.shape[-1]
-        if width not in choice:
-            choice[width] = _row_choice(n * seq_len, max(64, max_values // width), seed)
-        idx = choice[width]
-        local = idx[(idx >= offset) & (idx < offset + flat.shape[0])] - offset
-        rows[site.name].append(flat[local.to(flat.device)].float().cpu())
-        if site.name in moment_sites:
-            f = flat.float()
-            moments[site.name] = moments.get(site.name, 0) + (f.T @ f).double().cpu()
+    grab = _RowSampler(resolved, n * seq_len, max_values, seed, moment_sites)
 
     up_sums: dict[int, torch.Tensor] = {}
     blocks: dict[int, BlockInputs] = {}
@@ -193,7 +217,7 @@ def collect(
     starts = ([0] if n_block else []) + list(range(n_block, n, batch_size))
     mine = batch_shard(range(len(starts)), dist)
     # a rank's tokens are a contiguous run of the global order: ``offset`` starts where its first batch does
-    offset = starts[mine[0]] * seq_len if len(mine) else 0
+    grab.offset = starts[mine[0]] * seq_len if len(mine) else 0
     lo = starts[mine[0]] if len(mine) else 0  # progress counts this rank's windows
     hi = (starts[mine[-1] + 1] if mine[-1] + 1 < len(starts) else n) if len(mine) else 0
     with capture(model, sites=resolved, fn=grab) if resolved else _nothing():
@@ -205,20 +229,13 @@ def collect(
                     end = starts[k + 1] if k + 1 < len(starts) else n
                     batch = windows[b:end].to(device)
                     _forward(model, batch)
-                    offset += batch.numel()
+                    grab.offset += batch.numel()
                     if progress is not None:
                         progress(end - lo, hi - lo)
     if is_multi(dist):
-        return _merge_ranks(rows, up_sums, moments, blocks, moment_sites, n, seq_len, max_values, seed, dist)
-    widths = {name: r[0].shape[-1] for name, r in rows.items() if r}
-    return CalibrationSample(
-        rows={s: torch.cat(r) for s, r in rows.items()},
-        up_sq_sum={i: s.cpu() for i, s in up_sums.items()},
-        tokens=n * seq_len,
-        blocks=blocks,
-        positions={name: choice[w] % seq_len for name, w in widths.items()},
-        second_moments=moments,
-    )
+        return _merge_ranks(grab.rows, up_sums, grab.moments, blocks, moment_sites, n, seq_len, max_values, seed,
+                            dist)
+    return grab.sample(up_sums, blocks, seq_len)
 
 
 def _merge_ranks(

@@ -38,7 +38,7 @@ from actlab.sparsity.collect import (
     _forward,
     _layer_input_recorder,
     _nothing,
-    _row_choice,
+    _RowSampler,
     _up_recorder,
 )
 from actlab.sparsity.errors import PlanError
@@ -159,22 +159,7 @@ def collect_sequential(
     calls = [[(a, kw) for _, a, kw in per] for per in recorded]  # no second reference to the embeddings
     del recorded
 
-    choice: dict[int, torch.Tensor] = {}
-    rows: dict[str, list[torch.Tensor]] = {s: [] for s in resolved}
-    moments: dict[str, torch.Tensor] = {}
-    at = {"offset": 0}  # global token index of the current batch's first token
-
-    def grab(site: Any, x: torch.Tensor) -> None:
-        flat = x.detach().reshape(-1, x.shape[-1])  # [batch*seq, width]
-        width = flat.shape[-1]
-        if width not in choice:
-            choice[width] = _row_choice(n * seq_len, max(64, max_values // width), seed)
-        idx, offset = choice[width], at["offset"]
-        local = idx[(idx >= offset) & (idx < offset + flat.shape[0])] - offset
-        rows[site.name].append(flat[local.to(flat.device)].float().cpu())
-        if site.name in moment_sites:
-            f = flat.float()
-            moments[site.name] = moments.get(site.name, 0) + (f.T @ f).double().cpu()
+    grab = _RowSampler(resolved, n * seq_len, max_values, seed, moment_sites)
 
     up_sums: dict[int, torch.Tensor] = {}
     blocks: dict[int, BlockInputs] = {}
@@ -189,18 +174,10 @@ def collect_sequential(
                     with onloaded(layer):
                         for k, (b, _) in enumerate(bounds):
                             args, kwargs = calls[i][k]
-                            at["offset"] = b * seq_len
+                            grab.offset = b * seq_len
                             out = layer(hidden[k].to(dev), *args, **kwargs)
                             out = out[0] if isinstance(out, tuple) else out  # older layers return tuples
                             hidden[k] = out.detach().cpu()  # the next layer's input
     if progress is not None:
         progress(len(layers), len(layers))
-    widths = {name: r[0].shape[-1] for name, r in rows.items() if r}
-    return CalibrationSample(
-        rows={s: torch.cat(r) for s, r in rows.items()},
-        up_sq_sum={i: s.cpu() for i, s in up_sums.items()},
-        tokens=n * seq_len,
-        blocks=blocks,
-        positions={name: choice[w] % seq_len for name, w in widths.items()},
-        second_moments=moments,
-    )
+    return grab.sample(up_sums, blocks, seq_len)
