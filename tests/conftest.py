@@ -23,6 +23,18 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_saved(tmp_path_factory):
+    """``(model, directory)``: a tiny random Llama saved with its tokenizer (shared: tests must not modify it)."""
+    import actlab
+
+    model, tok = actlab.load_model("random:tiny-llama")
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, path
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The real SmolLM2-135M (shared: tests must leave it as they found it)."""
     pytest.importorskip("gguf")

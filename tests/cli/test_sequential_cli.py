@@ -3,7 +3,6 @@
 import pytest
 from typer.testing import CliRunner
 
-import actlab
 from actlab.cli.main import app
 from actlab.sparsity.plan import SparsityPlan
 
@@ -14,13 +13,9 @@ def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    model, tok = actlab.load_model("random:tiny-llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+@pytest.fixture
+def model_dir(tiny_llama_saved):
+    return tiny_llama_saved[1]
 
 
 def test_sequential_plan_equals_the_full_one(tmp_path, model_dir, corpus):

@@ -11,13 +11,9 @@ from actlab.models.load import ModelLoadError
 from actlab.models.offload import is_offloaded, onloaded, tensor_of
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    model, tok = actlab.load_model("random:tiny-llama")
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return model, path
+@pytest.fixture
+def saved(tiny_llama_saved):
+    return tiny_llama_saved
 
 
 def test_disk_device_map_gives_the_same_logits(saved):
