@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 import actlab
@@ -130,6 +131,25 @@ def test_second_run_on_a_locked_out_fails_at_once_naming_the_first(tmp_path, cor
     assert res.exit_code == 2, res.output
     assert f"being written by another actlab run (pid {holder.pid}" in _errors(res.output)[0]
     assert expensive == []
+
+
+def test_only_rank_0_of_a_launched_run_checks_and_locks_out(tmp_path, monkeypatch):
+    # torchrun starts every rank at once: a rank > 0 that took the lock for its check would make rank 0's
+    # check fail against its own sibling (rank 0 alone writes, so it alone checks)
+    from actlab.cli import checks
+
+    out = tmp_path / "D"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        monkeypatch.setenv("RANK", "1")
+        checks.out_dir(out, False)  # neither refused nor locking
+        monkeypatch.setenv("RANK", "0")
+        with pytest.raises(typer.Exit):
+            checks.out_dir(out, False)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_profile_overwrite_replaces_its_own_outputs_and_keeps_the_users(tmp_path, corpus):

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from actlab.cli.common import fail
+from actlab.cli.common import fail, process_rank
 
 OVERWRITE_HELP = ("Replace actlab's own earlier outputs in --out. Files actlab did not write are never deleted "
                   "or replaced, with or without it.")
@@ -74,9 +74,15 @@ def plan_dir(plan: Path | None) -> None:
 
 
 def out_dir(out: str | os.PathLike, overwrite: bool, expect: Iterable[str] = ()) -> None:
-    """``--out`` can be written as asked: not locked by another run, empty or actlab's with ``--overwrite``."""
+    """``--out`` can be written as asked: not locked by another run, empty or actlab's with ``--overwrite``.
+
+    Under a launcher (torchrun, ``accelerate launch``) only the process that will write, rank 0, checks: the
+    others taking the lock for this brief check would make rank 0's check fail against its own sibling.
+    """
     from actlab.outputs import OutputError, check_writable, output_lock
 
+    if process_rank() != 0:
+        return
     try:
         # Fails at once, naming the other run, if one is writing ``out``; the command's library call then
         # holds the lock for its whole length (a run that slips in between is refused there, just as fast).
