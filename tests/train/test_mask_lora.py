@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from objective_helpers import drive, grads_only_in_lora, one_step, windows
@@ -12,6 +14,7 @@ from actlab.sparsity.apply import masked_modules
 from actlab.sparsity.fingerprint import model_fingerprint
 from actlab.sparsity.kinds import mask
 from actlab.train import MaskLoraConfig, TrainError, config_from_dict, handler_for
+from actlab.train.distill import kl_to_teacher
 
 pytest.importorskip("peft")
 
@@ -39,6 +42,10 @@ def test_config_round_trips_through_json_with_a_plan_directory(tmp_path, plan):
     (dict(plan="p", recalibrate_every=-1), "recalibrate_every must be an integer >= 0"),
     (dict(plan="p", recalibrate_every=1.5), "recalibrate_every must be an integer >= 0"),
     (dict(plan="p", adapter="adapters"), "unknown adapter"),
+    (dict(plan="p", kl=-1.0), "kl must be a finite number >= 0"),
+    (dict(plan="p", kl=float("nan")), "kl must be a finite number >= 0"),
+    (dict(plan="p", kl=1.0, teacher=3), "teacher must name a model"),
+    (dict(plan="p", teacher="runs/dense-ft"), "set kl > 0"),
 ])
 def test_bad_fields_are_refused(fields, words):
     with pytest.raises(TrainError, match=words):
@@ -187,3 +194,42 @@ def test_a_killed_run_resumes_with_its_recalibrated_thresholds(tmp_path, plan):
     # the output directory is a model that `actlab eval --plan out/plan` takes
     out_model, _ = actlab.load_model(str(tmp_path / "cut"))
     actlab.check_plan(out_model, plans[1])
+
+
+def _kl_to(logits, trained, ids):
+    with torch.no_grad():
+        return float(kl_to_teacher(trained(input_ids=ids).logits, logits))
+
+
+def test_distillation_pulls_the_masked_model_toward_the_dense_teacher(model, plan, ids):
+    dense = model(input_ids=ids).logits.detach()
+    before = copy.deepcopy(model.state_dict())
+    cfg = dict(plan=plan, adapter="full")
+    _, lm_only, _ = drive(copy.deepcopy(model), MaskLoraConfig(**cfg), ids, steps=15, lr=3e-3)
+    obj, distilled, hist = drive(model, MaskLoraConfig(**cfg, kl=10.0), ids, steps=15, lr=3e-3)
+    assert hist[0]["kl_loss"] > 0  # the masks change the logits, so there is something to distil
+    # the LM loss alone memorises the windows away from the dense logits; the KL term holds the model to them
+    assert _kl_to(dense, distilled, ids) < _kl_to(dense, lm_only, ids) / 2, (_kl_to(dense, distilled, ids),
+                                                                              _kl_to(dense, lm_only, ids))
+    teacher = obj.teacher.module.state_dict()  # a frozen copy: training never touched it
+    assert all(torch.equal(teacher[k], v) for k, v in before.items())
+    assert not masked_modules(obj.teacher.module)
+
+
+def test_a_teacher_directory_is_loaded_and_checked_against_the_vocabulary(model, plan, ids, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tok = actlab.load_model("random:tiny-llama")[1]
+    model.save_pretrained(tmp_path / "dense")
+    tok.save_pretrained(tmp_path / "dense")
+    obj = handler_for(MaskLoraConfig(plan=plan, kl=1.0, teacher=str(tmp_path / "dense")))
+    obj.prepare(copy.deepcopy(model), ids)
+    assert torch.equal(obj.teacher.logits(ids), model(input_ids=ids).logits)
+
+    other = copy.deepcopy(model.config)
+    other.vocab_size = 256
+    AutoModelForCausalLM.from_config(other).save_pretrained(tmp_path / "small")
+    tok.save_pretrained(tmp_path / "small")
+    for name, words in (("small", "vocabulary of 256 tokens and the trained model 512"), ("missing", "does not exist")):
+        with pytest.raises(TrainError, match=words):
+            handler_for(MaskLoraConfig(plan=plan, kl=1.0, teacher=str(tmp_path / name))).prepare(copy.deepcopy(model), ids)

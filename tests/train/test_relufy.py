@@ -14,7 +14,7 @@ from actlab.functions import FATReLU
 from actlab.functions.swaps import swap_record
 from actlab.models.adapters import act_function
 from actlab.train import RelufyConfig, TrainError, config_from_dict, handler_for
-from actlab.train.objectives.relufy import kl_to_teacher
+from actlab.train.distill import kl_to_teacher
 from actlab.train.objectives.relufy_config import l1_lambda
 
 pytest.importorskip("peft")

@@ -27,6 +27,7 @@ from actlab.sparsity.calibrate import calibrate
 from actlab.sparsity.errors import PlanError
 from actlab.sparsity.fingerprint import model_fingerprint
 from actlab.sparsity.plan import ROTATION_SUFFIX, SparsityPlan
+from actlab.train.distill import Teacher, kl_to_teacher
 from actlab.train.errors import TrainError
 from actlab.train.objective import Objective, register_objective
 from actlab.train.objectives.mask_lora_config import MaskLoraConfig
@@ -51,7 +52,7 @@ def trained_plan(plan: SparsityPlan, merged: nn.Module, record: dict[str, Any]) 
 
 @register_objective(MaskLoraConfig)
 class MaskLoraObjective(Objective):
-    """LM loss under the plan's masks; optional recalibration of the thresholds every N steps.
+    """LM loss under the plan's masks (+ ``kl`` x KL toward a dense teacher); optional recalibration every N steps.
 
     Attributes:
         plan: the plan applied now (recalibration replaces its thresholds).
@@ -67,6 +68,7 @@ class MaskLoraObjective(Objective):
         self._model: nn.Module | None = None
         self._calib: Any = None
         self._calibrated_at = 0
+        self.teacher: Teacher | None = None
 
     @property
     def straight_through(self) -> bool:
@@ -90,6 +92,11 @@ class MaskLoraObjective(Objective):
             if data is None:
                 raise TrainError(f"{self.config.objective}: recalibrate_every needs calibration windows (data)")
         self.plan, self._calib = plan, data
+        kl = getattr(self.config, "kl", 0.0)
+        if kl and self.config.teacher:
+            self.teacher = Teacher.load(self.config.teacher, model)
+        elif kl:
+            self.teacher = Teacher.copy_of(model)  # before LoRA and the masks go on: the dense model
         trained = super().prepare(model, data)
         apply_masks(trained, plan, self.straight_through)
         self._model = trained
@@ -100,6 +107,13 @@ class MaskLoraObjective(Objective):
         if every and self.step > 0 and self.step % every == 0 and self._calibrated_at != self.step:
             self.recalibrate(model)
         return super().active(model)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor], outputs: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, metrics = super().loss(model, batch, outputs)
+        if self.teacher is None:
+            return loss, metrics
+        kl = kl_to_teacher(outputs.logits, self.teacher.logits(batch["input_ids"]))
+        return loss + self.config.kl * kl, {**metrics, "kl_loss": float(kl.detach())}
 
     def recalibrate(self, model: nn.Module) -> None:
         """Re-run the plan's method at its sparsity on the unmasked model; the new thresholds go in its place."""
@@ -147,6 +161,7 @@ class MaskLoraObjective(Objective):
     def finalize(self, model: nn.Module, out_dir: Path | None) -> nn.Module:
         remove_(model)
         merged = super().finalize(model, out_dir)
+        self.teacher = None
         record = {"objective": self.config.objective, "steps": self.total_steps}
         if hasattr(self.config, "gradient"):
             record["gradient"] = self.config.gradient

@@ -2,13 +2,14 @@
 
 Example:
     >>> from actlab.train.config import config_from_dict
-    >>> cfg = MaskLoraConfig(plan="plans/teal50", gradient="hard", recalibrate_every=50)
+    >>> cfg = MaskLoraConfig(plan="plans/teal50", gradient="hard", recalibrate_every=50, kl=1.0)
     >>> config_from_dict(cfg.to_dict()) == cfg
     True
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,6 +43,10 @@ class MaskLoraConfig(TrainConfig):
             ``hard`` (zero gradient where masked, CATS's choice).
         recalibrate_every: 0 = keep the plan's thresholds; N = re-run the plan's method at its
             sparsity every N optimizer steps on the loop's calibration windows (threshold plans only).
+        kl: weight of KL(teacher ‖ student) added to the LM loss (:mod:`actlab.train.distill`); 0 = off.
+        teacher: the model distilled from when ``kl > 0``: empty = the model as handed to training, unmasked
+            (a frozen copy), or a model directory with the same vocabulary, e.g. the dense fine-tuned model
+            of the same text (recovery by distillation: the teacher's own training is then part of the cost).
     """
 
     objective: ClassVar[str] = "mask-lora"
@@ -49,6 +54,8 @@ class MaskLoraConfig(TrainConfig):
     plan: Any = ""
     gradient: str = "ste"
     recalibrate_every: int = 0
+    kl: float = 0.0
+    teacher: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,6 +73,17 @@ class MaskLoraConfig(TrainConfig):
                 or self.recalibrate_every < 0:
             raise TrainError(f"mask-lora: recalibrate_every must be an integer >= 0 (0 = never), "
                              f"got {self.recalibrate_every!r}")
+        if isinstance(self.kl, bool) or not isinstance(self.kl, (int, float)) or not math.isfinite(self.kl) \
+                or self.kl < 0:
+            raise TrainError(f"mask-lora: kl must be a finite number >= 0 (0 = no distillation), got {self.kl!r}")
+        if isinstance(self.teacher, os.PathLike):
+            object.__setattr__(self, "teacher", os.fspath(self.teacher))
+        if not isinstance(self.teacher, str):
+            raise TrainError(f"mask-lora: teacher must name a model (a directory, alias or hub id), got "
+                             f"{self.teacher!r:.80}")
+        if self.teacher and not self.kl:
+            raise TrainError(f"mask-lora: teacher {self.teacher} is only used by the KL term; set kl > 0 "
+                             "(e.g. kl=1) or leave teacher empty")
 
     def load_plan(self) -> SparsityPlan:
         """The plan: loaded from its directory (checked: a bad plan fails here, before a model loads).

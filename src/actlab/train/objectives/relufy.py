@@ -15,35 +15,21 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from actlab.activations.hooks import capture
 from actlab.activations.sites import Site, resolve_sites
 from actlab.functions.swaps import SwapError, activation_as, activation_state, swap_activation
+from actlab.train.distill import Teacher, kl_to_teacher
 from actlab.train.errors import TrainError
 from actlab.train.objective import Objective, register_objective
 from actlab.train.objectives.relufy_config import RelufyConfig, l1_lambda
-
-
-def kl_to_teacher(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens of KL(teacher ‖ student) of the next-token distributions (float32).
-
-    Example:
-        >>> x = torch.randn(1, 3, 5)
-        >>> float(kl_to_teacher(x, x))
-        0.0
-    """
-    s = F.log_softmax(student_logits.float().flatten(0, -2), dim=-1)
-    t = F.log_softmax(teacher_logits.float().flatten(0, -2), dim=-1)
-    return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
 def _peft_model(module: nn.Module) -> nn.Module | None:
@@ -75,7 +61,7 @@ class RelufyObjective(Objective):
         self._zeros: list[torch.Tensor] = []
         self._numel = 0
         self._original = None  # ActivationState of the unswapped model (LoRA teacher)
-        self._teacher: nn.Module | None = None  # frozen copy (full fine-tuning teacher)
+        self._teacher: Teacher | None = None  # frozen copy (full fine-tuning teacher)
         self._in_teacher = False
 
     @property
@@ -95,7 +81,7 @@ class RelufyObjective(Objective):
         if c.kl > 0 and c.adapter == "lora":
             self._original = activation_state(model)
         elif c.kl > 0:
-            self._teacher = copy.deepcopy(model).eval().requires_grad_(False)
+            self._teacher = Teacher.copy_of(model)
         try:
             self.swap = swap_activation(model, c.activation, theta=c.theta, relu_after_norms=c.relu_after_norms)
         except SwapError as e:
@@ -128,8 +114,7 @@ class RelufyObjective(Objective):
     def _teacher_forward(self, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if self._teacher is not None:
-                self._teacher.to(ids.device)
-                return self._teacher(input_ids=ids, use_cache=False).logits
+                return self._teacher.logits(ids)
             peft = _peft_model(model)
             if peft is None or self._original is None:
                 raise TrainError("relufy: the KL term with LoRA needs the PEFT model prepare() returned")
