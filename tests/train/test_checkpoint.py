@@ -171,7 +171,7 @@ def test_a_run_killed_by_sigkill_resumes_to_the_same_end(tmp_path):
 CASES = {
     "dense": {"adapter": "full"},
     "deft": {"adapter": "full"},
-    "mask-lora": {"plan": "{plan}", "recalibrate_every": 2},
+    "mask-lora": {"plan": "{plan}", "recalibrate_every": 2, "kl": 0.5},
     "relufy": {"adapter": "full", "kl": 0.5},
     "topk-ste": {"sparsity": 0.5},
 }
