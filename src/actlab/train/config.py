@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -27,6 +28,11 @@ CONFIGS: dict[str, type[TrainConfig]] = {}
 ADAPTERS = ("lora", "full")
 #: the seven projections LoRA targets by default (HF Llama-family names; PEFT matches the suffix)
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float, and not a bool (``True`` is an int to Python, never a weight to a config)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def register_config(cls: type[TrainConfig]) -> type[TrainConfig]:

@@ -50,14 +50,13 @@ class Teacher:
         >>> kl = kl_to_teacher(student_logits, teacher.logits(ids))   # doctest: +SKIP
     """
 
-    def __init__(self, module: nn.Module, source: str) -> None:
+    def __init__(self, module: nn.Module) -> None:
         self.module = module.eval().requires_grad_(False)
-        self.source = source
 
     @classmethod
     def copy_of(cls, model: nn.Module) -> Teacher:
         """``model`` as it is now (a deep copy: training the student leaves it unchanged)."""
-        return cls(copy.deepcopy(model), "the model before training")
+        return cls(copy.deepcopy(model))
 
     @classmethod
     def load(cls, spec: str, student: nn.Module) -> Teacher:
@@ -77,7 +76,7 @@ class Teacher:
         if mine != theirs:
             raise TrainError(f"teacher {spec} has a vocabulary of {theirs} tokens and the trained model {mine}; "
                              "distill from a model of the same tokenizer (e.g. the dense fine-tuned model)")
-        return cls(module, str(spec))
+        return cls(module)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for ``ids`` (no graph), on ``ids``' device."""

@@ -9,16 +9,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from actlab.train.config import TrainConfig, register_config
+from actlab.train.config import TrainConfig, is_number, register_config
 from actlab.train.errors import TrainError
-
-
-def _number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @register_config
@@ -46,7 +41,7 @@ class DeftConfig(TrainConfig):
         super().__post_init__()
         if not isinstance(self.site, str) or not self.site:
             raise TrainError(f"deft: site must be a site kind such as 'mlp.act_out', got {self.site!r}")
-        if not _number(self.weight) or self.weight < 0:
+        if not is_number(self.weight) or self.weight < 0:
             raise TrainError(f"deft: weight must be a finite number >= 0, got {self.weight!r}")
-        if not _number(self.eps) or self.eps <= 0:
+        if not is_number(self.eps) or self.eps <= 0:
             raise TrainError(f"deft: eps must be a finite number > 0, got {self.eps!r}")

@@ -9,12 +9,11 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from actlab.train.config import TrainConfig, register_config
+from actlab.train.config import TrainConfig, is_number, register_config
 from actlab.train.errors import TrainError
 
 if TYPE_CHECKING:
@@ -73,8 +72,7 @@ class MaskLoraConfig(TrainConfig):
                 or self.recalibrate_every < 0:
             raise TrainError(f"mask-lora: recalibrate_every must be an integer >= 0 (0 = never), "
                              f"got {self.recalibrate_every!r}")
-        if isinstance(self.kl, bool) or not isinstance(self.kl, (int, float)) or not math.isfinite(self.kl) \
-                or self.kl < 0:
+        if not is_number(self.kl) or self.kl < 0:
             raise TrainError(f"mask-lora: kl must be a finite number >= 0 (0 = no distillation), got {self.kl!r}")
         if isinstance(self.teacher, os.PathLike):
             object.__setattr__(self, "teacher", os.fspath(self.teacher))

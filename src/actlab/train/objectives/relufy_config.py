@@ -15,12 +15,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from actlab.functions.swaps import SWAP_KINDS, SwapError, check_swap
-from actlab.train.config import TrainConfig, register_config
+from actlab.train.config import TrainConfig, is_number, register_config
 from actlab.train.errors import TrainError
-
-
-def _number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def l1_lambda(step: int, total_steps: int, peak: float, warmup: float = 0.1, start_frac: float = 0.1,
@@ -94,16 +90,16 @@ class RelufyConfig(TrainConfig):
         except SwapError as e:
             raise TrainError(f"relufy: {e}") from e
         for name in ("l1", "kl"):
-            if not _number(getattr(self, name)) or getattr(self, name) < 0:
+            if not is_number(getattr(self, name)) or getattr(self, name) < 0:
                 raise TrainError(f"relufy: {name} must be a finite number >= 0, got {getattr(self, name)!r}")
-        if not _number(self.l1_warmup) or not 0.0 <= self.l1_warmup < 1.0:
+        if not is_number(self.l1_warmup) or not 0.0 <= self.l1_warmup < 1.0:
             raise TrainError(f"relufy: l1_warmup is a fraction of the steps in [0, 1), got {self.l1_warmup!r}")
-        if not _number(self.l1_start_frac) or not 0.0 <= self.l1_start_frac <= 1.0:
+        if not is_number(self.l1_start_frac) or not 0.0 <= self.l1_start_frac <= 1.0:
             raise TrainError(f"relufy: l1_start_frac must be in [0, 1], got {self.l1_start_frac!r}")
         if isinstance(self.l1_stages, bool) or not isinstance(self.l1_stages, int) or self.l1_stages < 1:
             raise TrainError(f"relufy: l1_stages must be an integer >= 1, got {self.l1_stages!r}")
         if self.fatrelu_final_theta is not None:
-            if not _number(self.fatrelu_final_theta) or self.fatrelu_final_theta < 0:
+            if not is_number(self.fatrelu_final_theta) or self.fatrelu_final_theta < 0:
                 raise TrainError("relufy: fatrelu_final_theta must be a finite number >= 0 (or null), "
                                  f"got {self.fatrelu_final_theta!r}")
             if self.activation not in ("relu", "fatrelu"):
